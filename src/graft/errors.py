@@ -1,0 +1,27 @@
+"""graft's exceptions: each message says what was received, what was expected, and how to fix it."""
+
+from __future__ import annotations
+
+
+class GraftError(Exception):
+    """Base class; the CLI prints these without a traceback (exit code 2) unless --debug."""
+
+
+class DataError(GraftError):
+    """The dataset cannot be used as given (missing files, bad manifest rows, too few classes...)."""
+
+
+class ConfigError(GraftError):
+    """A configuration value or file is invalid."""
+
+
+class BackboneError(GraftError):
+    """A backbone name, weights file or download could not be resolved."""
+
+
+class RunError(GraftError):
+    """A run directory is missing an artefact or was written by an incompatible version."""
+
+
+class ImageError(GraftError):
+    """One image could not be decoded; pipelines skip the image and list it instead of stopping."""

@@ -1,0 +1,158 @@
+"""The dense head trained on cached bottleneck features (seed: 3 x 512 SELU, dropout 0.5, softmax, Adam).
+
+Training runs through Lightning: early stopping on validation loss, the best checkpoint restored, one CSV row per
+epoch. On cached features this takes seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from graft.config import HeadConfig
+
+ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class Standardize(nn.Module):
+    """Feature-wise standardisation with statistics of the training features, stored with the head's weights."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+
+    def fit(self, features: torch.Tensor) -> Standardize:
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp_min(1e-6))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def build_head(num_features: int, num_classes: int, config: HeadConfig) -> nn.Sequential:
+    """``Standardize`` then ``hidden_layers`` x (Linear, activation, Dropout), then a Linear to class logits."""
+    layers: list[nn.Module] = [Standardize(num_features)]
+    width_in = num_features
+    for _ in range(config.hidden_layers):
+        layers += [nn.Linear(width_in, config.width), ACTIVATIONS[config.activation](), nn.Dropout(config.dropout)]
+        width_in = config.width
+    layers.append(nn.Linear(width_in, num_classes))
+    return nn.Sequential(*layers)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, scaled so the mean weight over present classes is 1 (absent classes get 0)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class HeadModule(L.LightningModule):
+    """Cross-entropy on logits (= the seed's softmax + categorical cross-entropy), Adam."""
+
+    def __init__(self, head: nn.Module, lr: float, weight_decay: float, weights: torch.Tensor | None = None):
+        super().__init__()
+        self.head, self.lr, self.weight_decay = head, lr, weight_decay
+        self.loss = nn.CrossEntropyLoss(weight=weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self.head(x)
+        loss = self.loss(logits, y)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}_acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass
+class HeadFit:
+    head: nn.Sequential
+    metrics_csv: Path
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+
+
+def fit_head(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    config: HeadConfig,
+    log_dir: Path,
+    progress: bool = False,
+) -> HeadFit:
+    """Train a head on (features, label indices) pairs; return it with the best validation-loss weights restored."""
+    import time
+
+    start = time.perf_counter()
+    L.seed_everything(config.seed, verbose=False)
+    x_train, y_train = torch.as_tensor(train[0], dtype=torch.float32), torch.as_tensor(train[1], dtype=torch.long)
+    head = build_head(x_train.shape[1], num_classes, config)
+    head[0].fit(x_train)
+    weights = class_weights(train[1], num_classes) if config.class_weights == "auto" else None
+    module = HeadModule(head, config.lr, config.weight_decay, weights)
+    checkpoint = ModelCheckpoint(dirpath=log_dir / "checkpoints", filename="head-best", monitor="val_loss")
+    stopper = EarlyStopping(monitor="val_loss", patience=config.patience)
+    logger = CSVLogger(str(log_dir), name="", version="head")
+    train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=config.batch_size, shuffle=True)
+    val_set = TensorDataset(torch.as_tensor(val[0], dtype=torch.float32), torch.as_tensor(val[1], dtype=torch.long))
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=config.epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[checkpoint, stopper],
+            enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0,
+        )
+        trainer.fit(module, train_loader, DataLoader(val_set, batch_size=1024))
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    head.eval()
+    best_epoch = int(best["epoch"])
+    return HeadFit(head, Path(logger.log_dir) / "metrics.csv", best_epoch, trainer.current_epoch, time.perf_counter() - start)
+
+
+class _quiet_lightning:
+    """Silence Lightning's banner lines and its few-workers hint (features are in memory; workers would slow it)."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("lightning.pytorch")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.WARNING)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(*exc)
+        self._logger.setLevel(self._level)
+
+
+def predict_logits(head: nn.Module, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    head.eval()
+    with torch.inference_mode():
+        tensor = torch.as_tensor(features, dtype=torch.float32)
+        return torch.cat([head(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]).numpy()

@@ -1,0 +1,263 @@
+"""The stages wired into a run directory: manifest -> features -> head -> predictions -> report.
+
+A run directory holds everything needed to reuse the model and to audit it::
+
+    config.yaml      resolved configuration          head.safetensors  head weights (+ standardisation)
+    labels.json      class names, index order        backbone.json     backbone name, weights identity, preprocessing
+    manifest.csv     every image with its split      history.csv       one row per head epoch
+    results.json     metrics on the evaluation split results.md        the same as a Markdown table
+    curves.png       training curves                 problems.txt      skipped images / rows, and why
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file, save
+from torch import nn
+
+from graft.backbones import Backbone, create_backbone
+from graft.config import GraftConfig
+from graft.errors import RunError
+from graft.features import FeatureSet, extract_features
+from graft.files import atomic_write, atomic_write_text
+from graft.head import build_head, fit_head, predict_logits
+from graft.manifest import ImageRecord, Manifest, load_manifest
+from graft.metrics import lifeclef_score, top_k, true_label_ranks
+from graft.predict import fuse_observations, ranked, softmax
+from graft.report import merge_epoch_rows, plot_curves, results_table, write_results_json
+from graft.splits import assign_splits, check_trainable
+
+THROUGHPUT_SAMPLE = 64
+
+
+@dataclass
+class Identification:
+    """One observation's answer: ranked (label, probability) pairs, each image's own top-3, and skipped files."""
+
+    ranking: list[tuple[str, float]]
+    per_image: dict[str, list[tuple[str, float]]]
+    fusion: str
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Classifier:
+    """A trained model: backbone + head + labels, with the config it was trained under."""
+
+    backbone: Backbone
+    head: nn.Module
+    labels: list[str]
+    config: GraftConfig
+
+    def features(self, paths: Sequence[Path], progress: bool = False) -> FeatureSet:
+        settings = self.config.features
+        with _progress_bar("Extracting features", progress) as report:
+            return extract_features(
+                paths, self.backbone, settings.cache_dir, settings.batch_size, settings.num_workers,
+                settings.chunk_size, report,
+            )
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return softmax(predict_logits(self.head, features))
+
+    def identify(self, paths: Sequence[str | Path], fusion: str | None = None, top: int | None = None) -> Identification:
+        """Rank the labels for one observation photographed in ``paths`` (bad images are skipped and reported)."""
+        fusion = fusion or self.config.predict.fusion
+        feature_set = self.features([Path(p) for p in paths])
+        failures = {str(path): reason for path, reason in feature_set.failures.items()}
+        if not feature_set.paths:
+            return Identification([], {}, fusion, failures)
+        probabilities = self.predict_proba(feature_set.features)
+        fused = fuse_observations(probabilities, ["observation"] * len(probabilities), fusion).scores[0]
+        per_image = {str(p): ranked(row, self.labels, 3) for p, row in zip(feature_set.paths, probabilities, strict=True)}
+        return Identification(ranked(fused, self.labels, top or self.config.predict.top_k), per_image, fusion, failures)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    results: dict[str, Any]
+    warnings: list[str]
+    problems: list[str]
+
+
+def prepare_manifest(data: str | Path, config: GraftConfig) -> tuple[Manifest, list[str]]:
+    """Read and split the data; stop before any work if it cannot be trained on."""
+    manifest = load_manifest(data, config.data.format, config.data.columns)
+    manifest = assign_splits(manifest, config.data.val_fraction, config.data.seed)
+    return manifest, check_trainable(manifest)
+
+
+def fit(
+    data: str | Path, out: str | Path, config: GraftConfig | None = None, progress: bool = False
+) -> RunResult:
+    """Extract (or reuse) features, train the head, evaluate, and write the run directory ``out``.
+
+    Example:
+        >>> result = fit("flowers/", "runs/flowers")
+        >>> result.results["S"], result.results["top1"]
+    """
+    config = config or GraftConfig()
+    out = Path(out)
+    manifest, warnings = prepare_manifest(data, config)
+    backbone = create_backbone(**config.backbone.model_dump())
+    out.mkdir(parents=True, exist_ok=True)
+    classifier = Classifier(backbone, nn.Identity(), [], config)
+    feature_set = classifier.features([r.path for r in manifest], progress)
+    manifest = manifest.without(feature_set.failures)
+    warnings += check_trainable(manifest)
+    classifier.labels = sorted({r.label for r in manifest.where("train")})
+    head_fit = fit_head(
+        _arrays(manifest.where("train"), feature_set, classifier.labels),
+        _arrays(manifest.where("val"), feature_set, classifier.labels),
+        len(classifier.labels), config.head, out, progress,
+    )
+    classifier.head = head_fit.head
+    split = "test" if manifest.where("test").records else "val"
+    evaluated = manifest.where(split)
+    results = score(classifier, evaluated.records, feature_set.rows_for([r.path for r in evaluated]))
+    results |= {
+        "evaluated_on": split,
+        "images_per_second": measure_throughput(classifier, [r.path for r in evaluated]),
+        "backbone": backbone.name,
+        "features_extracted": feature_set.extracted,
+        "extraction_seconds": round(feature_set.seconds, 3),
+        "head_seconds": round(head_fit.seconds, 3),
+        "head_epochs": head_fit.epochs_run,
+        "head_best_epoch": head_fit.best_epoch + 1,
+        "n_train_images": len(manifest.where("train")),
+        "n_val_images": len(manifest.where("val")),
+        "skipped_images": len(feature_set.failures),
+    }
+    problems = manifest.problems + sorted(feature_set.failures.values())
+    _write_run(out, classifier, manifest, results, problems, head_fit)
+    return RunResult(out, results, warnings, problems)
+
+
+def _arrays(part: Manifest, feature_set: FeatureSet, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    index = {label: i for i, label in enumerate(labels)}
+    known = [r for r in part if r.label in index]
+    return feature_set.rows_for([r.path for r in known]), np.array([index[r.label] for r in known], dtype=np.int64)
+
+
+def score(classifier: Classifier, records: Sequence[ImageRecord], features: np.ndarray) -> dict[str, Any]:
+    """S and top-k per observation, top-1 per image. A label the model never saw counts as a miss (1/rank = 0)."""
+    probabilities = classifier.predict_proba(features)
+    index = {label: i for i, label in enumerate(classifier.labels)}
+    image_truth = np.array([index.get(r.label, -1) for r in records])
+    fused = fuse_observations(probabilities, [r.observation for r in records], classifier.config.predict.fusion)
+    first = {}
+    for record in records:
+        first.setdefault(record.observation, record)
+    truth = np.array([index.get(first[o].label, -1) for o in fused.observations])
+    ranks = np.full(len(truth), np.inf)
+    known = truth >= 0
+    if known.any():
+        ranks[known] = true_label_ranks(fused.scores[known], truth[known])
+    return {
+        "S": lifeclef_score(ranks, [first[o].user for o in fused.observations]),
+        "top1": top_k(ranks, 1),
+        "top3": top_k(ranks, 3),
+        "top5": top_k(ranks, 5),
+        "image_top1": float((probabilities.argmax(1) == image_truth).mean()) if len(records) else float("nan"),
+        "n_observations": len(fused.observations),
+        "n_images": len(records),
+        "n_users": len({first[o].user for o in fused.observations}),
+        "fusion": classifier.config.predict.fusion,
+    }
+
+
+def measure_throughput(classifier: Classifier, paths: Sequence[Path]) -> float:
+    """Images/s of the whole uncached path (read, decode, resize, backbone, head) on a sample of ``paths``."""
+    sample = list(paths)[:THROUGHPUT_SAMPLE]
+    if not sample:
+        return float("nan")
+    with tempfile.TemporaryDirectory() as empty_cache:
+        start = time.perf_counter()
+        settings = classifier.config.features
+        feature_set = extract_features(sample, classifier.backbone, empty_cache, settings.batch_size,
+                                       settings.num_workers, settings.chunk_size)
+        classifier.predict_proba(feature_set.features)
+        return round(len(sample) / (time.perf_counter() - start), 2)
+
+
+def _write_run(out: Path, classifier: Classifier, manifest: Manifest, results: dict, problems: list[str], head_fit):
+    atomic_write_text(out / "config.yaml", classifier.config.to_yaml())
+    atomic_write_text(out / "labels.json", json.dumps(classifier.labels, indent=1) + "\n")
+    atomic_write_text(out / "backbone.json", json.dumps(classifier.backbone.describe(), indent=2, default=str) + "\n")
+    state = {key: tensor.contiguous() for key, tensor in classifier.head.state_dict().items()}
+    atomic_write(out / "head.safetensors", lambda handle: handle.write(save(state)))
+    manifest.write_csv(out / "manifest.csv")
+    atomic_write_text(out / "problems.txt", "".join(f"{line}\n" for line in problems))
+    history = merge_epoch_rows(head_fit.metrics_csv, out / "history.csv")
+    plot_curves(history, out / "curves.png", f"head on {classifier.backbone.name} features", head_fit.best_epoch)
+    write_results_json(out / "results.json", results)
+    title = f"{classifier.backbone.name} + head ({results['evaluated_on']} split, fusion {results['fusion']})"
+    atomic_write_text(out / "results.md", f"# {out.name}\n\n" + results_table([(title, results)]))
+
+
+def load_run(run_dir: str | Path) -> Classifier:
+    """Rebuild the trained classifier of a run directory (backbone weights are checked against the run's)."""
+    run_dir = Path(run_dir)
+    needed = ["config.yaml", "labels.json", "backbone.json", "head.safetensors"]
+    missing = [name for name in needed if not (run_dir / name).is_file()]
+    if missing:
+        raise RunError(f"{run_dir}: not a complete graft run (missing {', '.join(missing)}); run `graft fit` first")
+    config = GraftConfig.from_yaml(run_dir / "config.yaml")
+    labels = json.loads((run_dir / "labels.json").read_text())
+    backbone = create_backbone(**config.backbone.model_dump())
+    expected = json.loads((run_dir / "backbone.json").read_text())["identity"]
+    if backbone.identity != expected:
+        raise RunError(
+            f"{run_dir}: backbone {backbone.name} now loads different weights (identity {backbone.identity}, "
+            f"trained with {expected}); restore the original weights file or retrain"
+        )
+    state = load_file(run_dir / "head.safetensors")
+    head = build_head(backbone.num_features, len(labels), config.head)
+    head.load_state_dict(state)
+    head.eval()
+    return Classifier(backbone, head, labels, config)
+
+
+def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False) -> dict[str, Any]:
+    """Score a run on a dataset: its test part when it names one, otherwise every image."""
+    classifier = load_run(run_dir)
+    config = classifier.config
+    manifest = load_manifest(data, config.data.format, config.data.columns)
+    part = manifest.where("test") if manifest.where("test").records else manifest
+    feature_set = classifier.features([r.path for r in part], progress)
+    part = part.without(feature_set.failures)
+    results = score(classifier, part.records, feature_set.rows_for([r.path for r in part]))
+    results |= {
+        "evaluated_on": "test" if part.records and part.records[0].split == "test" else "all",
+        "images_per_second": measure_throughput(classifier, [r.path for r in part]),
+        "skipped_images": len(feature_set.failures),
+        "data": str(data),
+    }
+    return results
+
+
+@contextmanager
+def _progress_bar(description: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=None)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield report
