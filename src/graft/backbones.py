@@ -91,8 +91,12 @@ def create_backbone(
     if weights_file is not None:
         model = _create(name, pretrained=False, pooling=pooling)
         load_weights_file(model, weights_file)
+    elif pretrained:
+        model = _create(name, pretrained=True, pooling=pooling)
     else:
-        model = _create(name, pretrained=pretrained, pooling=pooling)
+        with torch.random.fork_rng():  # seeded, so a run reloads the very weights it was trained on
+            torch.manual_seed(0)
+            model = _create(name, pretrained=False, pooling=pooling)
     model.eval()
     data_config = timm.data.resolve_data_config(model=model)
     if image_size is not None:
@@ -125,8 +129,10 @@ def load_weights_file(model: nn.Module, path: Path) -> None:
     if set(state) == set(target):
         model.load_state_dict(state)
         return
-    if len(state) == len(target) and all(a.shape == b.shape for a, b in zip(state.values(), target.values(), strict=True)):
-        model.load_state_dict(dict(zip(target, state.values(), strict=True)))
+    # By order: the classifier, if any, is last in timm's order and in the packages', so extra tensors are trimmed.
+    ordered = list(state.values())[: len(target)]
+    if len(ordered) == len(target) and all(a.shape == b.shape for a, b in zip(ordered, target.values(), strict=True)):
+        model.load_state_dict(dict(zip(target, ordered, strict=True)))
         return
     missing = sorted(set(target) - set(state))[:3]
     raise BackboneError(

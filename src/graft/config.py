@@ -33,6 +33,7 @@ class BackboneConfig(_Section):
     name: str = "tf_efficientnet_lite0"
     weights: str | None = Field(None, description="Local .pth/.safetensors file; None = offline package or the hub.")
     pooling: Literal["avg", "max"] = "avg"
+    pretrained: bool = Field(True, description="False = seeded random weights (tests, smoke runs).")
     image_size: int | None = Field(None, ge=16, description="Input resolution; None = the weights' own.")
 
 
@@ -50,6 +51,13 @@ class HeadConfig(_Section):
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     epochs: int = Field(80, ge=1, description="Upper bound; early stopping on validation loss usually ends sooner.")
     patience: int = Field(10, ge=1)
+    min_epochs: int = Field(
+        10, ge=1, description="Floor on the refit's epochs (a tiny validation part can pick epoch 1)."
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Softens targets; 0 = plain cross-entropy.")
+    refit: bool = Field(
+        True, description="When the data has its own test part, retrain on train+val for the chosen epoch count."
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)

@@ -62,10 +62,10 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 class HeadModule(L.LightningModule):
     """Cross-entropy on logits (= the seed's softmax + categorical cross-entropy), Adam."""
 
-    def __init__(self, head: nn.Module, lr: float, weight_decay: float, weights: torch.Tensor | None = None):
+    def __init__(self, head: nn.Module, config: HeadConfig, weights: torch.Tensor | None = None):
         super().__init__()
-        self.head, self.lr, self.weight_decay = head, lr, weight_decay
-        self.loss = nn.CrossEntropyLoss(weight=weights)
+        self.head, self.lr, self.weight_decay = head, config.lr, config.weight_decay
+        self.loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
@@ -92,9 +92,10 @@ class HeadModule(L.LightningModule):
 class HeadFit:
     head: nn.Sequential
     metrics_csv: Path
-    best_epoch: int
+    best_epoch: int  # 0-based epoch whose validation loss was lowest
     epochs_run: int
     seconds: float
+    refit_epochs: int = 0  # epochs of the final retraining on train+val (0 = no refit)
 
 
 def fit_head(
@@ -104,33 +105,59 @@ def fit_head(
     config: HeadConfig,
     log_dir: Path,
     progress: bool = False,
+    refit: bool = False,
 ) -> HeadFit:
-    """Train a head on (features, label indices) pairs; return it with the best validation-loss weights restored."""
+    """Train a head on (features, label indices) pairs; return it with the best validation-loss weights restored.
+
+    With ``refit``, a fresh head is then trained on train+val for ``max(best epoch, min_epochs)`` epochs: the
+    validation part chose the length of training, and then also teaches the model (only sound when the
+    evaluation uses a separate test part).
+    """
     import time
 
     start = time.perf_counter()
-    L.seed_everything(config.seed, verbose=False)
-    x_train, y_train = torch.as_tensor(train[0], dtype=torch.float32), torch.as_tensor(train[1], dtype=torch.long)
-    head = build_head(x_train.shape[1], num_classes, config)
-    head[0].fit(x_train)
-    weights = class_weights(train[1], num_classes) if config.class_weights == "auto" else None
-    module = HeadModule(head, config.lr, config.weight_decay, weights)
+    module = _module(train, num_classes, config)
     checkpoint = ModelCheckpoint(dirpath=log_dir / "checkpoints", filename="head-best", monitor="val_loss")
-    stopper = EarlyStopping(monitor="val_loss", patience=config.patience)
-    logger = CSVLogger(str(log_dir), name="", version="head")
-    train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=config.batch_size, shuffle=True)
-    val_set = TensorDataset(torch.as_tensor(val[0], dtype=torch.float32), torch.as_tensor(val[1], dtype=torch.long))
-    with _quiet_lightning():
-        trainer = L.Trainer(
-            max_epochs=config.epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[checkpoint, stopper],
-            enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0,
-        )
-        trainer.fit(module, train_loader, DataLoader(val_set, batch_size=1024))
+    callbacks = [checkpoint, EarlyStopping(monitor="val_loss", patience=config.patience)]
+    trainer = _train(module, train, val, config.epochs, config, log_dir, "head", callbacks, progress)
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
-    head.eval()
-    best_epoch = int(best["epoch"])
-    return HeadFit(head, Path(logger.log_dir) / "metrics.csv", best_epoch, trainer.current_epoch, time.perf_counter() - start)
+    best_epoch, refit_epochs = int(best["epoch"]), 0
+    if refit:
+        refit_epochs = max(best_epoch + 1, config.min_epochs)
+        both = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+        module = _module(both, num_classes, config)
+        _train(module, both, None, refit_epochs, config, log_dir, "head-refit", [], progress)
+    module.head.eval()
+    seconds = time.perf_counter() - start
+    csv_path = Path(trainer.logger.log_dir) / "metrics.csv"
+    return HeadFit(module.head, csv_path, best_epoch, trainer.current_epoch, seconds, refit_epochs)
+
+
+def _module(train: tuple[np.ndarray, np.ndarray], num_classes: int, config: HeadConfig) -> HeadModule:
+    L.seed_everything(config.seed, verbose=False)
+    head = build_head(train[0].shape[1], num_classes, config)
+    head[0].fit(torch.as_tensor(train[0], dtype=torch.float32))
+    weights = class_weights(train[1], num_classes) if config.class_weights == "auto" else None
+    return HeadModule(head, config, weights)
+
+
+def _tensors(part: tuple[np.ndarray, np.ndarray]) -> TensorDataset:
+    return TensorDataset(torch.as_tensor(part[0], dtype=torch.float32), torch.as_tensor(part[1], dtype=torch.long))
+
+
+def _train(module, train, val, epochs, config, log_dir, version, callbacks, progress) -> L.Trainer:
+    train_loader = DataLoader(_tensors(train), batch_size=config.batch_size, shuffle=True)
+    val_loader = DataLoader(_tensors(val), batch_size=1024) if val is not None else None
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=epochs, accelerator="cpu", devices=1, callbacks=callbacks,
+            logger=CSVLogger(str(log_dir), name="", version=version), enable_progress_bar=progress,
+            enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0,
+            limit_val_batches=1.0 if val is not None else 0,
+        )
+        trainer.fit(module, train_loader, val_loader)
+    return trainer
 
 
 class _quiet_lightning:

@@ -90,15 +90,16 @@ class RunResult:
     problems: list[str]
 
 
-def prepare_manifest(data: str | Path, config: GraftConfig) -> tuple[Manifest, list[str]]:
+def prepare_manifest(data: str | Path | Manifest, config: GraftConfig) -> tuple[Manifest, list[str]]:
     """Read and split the data; stop before any work if it cannot be trained on."""
-    manifest = load_manifest(data, config.data.format, config.data.columns)
+    is_manifest = isinstance(data, Manifest)
+    manifest = data if is_manifest else load_manifest(data, config.data.format, config.data.columns)
     manifest = assign_splits(manifest, config.data.val_fraction, config.data.seed)
     return manifest, check_trainable(manifest)
 
 
 def fit(
-    data: str | Path, out: str | Path, config: GraftConfig | None = None, progress: bool = False
+    data: str | Path | Manifest, out: str | Path, config: GraftConfig | None = None, progress: bool = False
 ) -> RunResult:
     """Extract (or reuse) features, train the head, evaluate, and write the run directory ``out``.
 
@@ -120,6 +121,7 @@ def fit(
         _arrays(manifest.where("train"), feature_set, classifier.labels),
         _arrays(manifest.where("val"), feature_set, classifier.labels),
         len(classifier.labels), config.head, out, progress,
+        refit=config.head.refit and bool(manifest.where("test").records),
     )
     classifier.head = head_fit.head
     split = "test" if manifest.where("test").records else "val"
@@ -134,6 +136,7 @@ def fit(
         "head_seconds": round(head_fit.seconds, 3),
         "head_epochs": head_fit.epochs_run,
         "head_best_epoch": head_fit.best_epoch + 1,
+        "head_refit_epochs": head_fit.refit_epochs,
         "n_train_images": len(manifest.where("train")),
         "n_val_images": len(manifest.where("val")),
         "skipped_images": len(feature_set.failures),

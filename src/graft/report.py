@@ -36,7 +36,7 @@ def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}" if value >= 10 else f"{value:.4f}"
-    return "–" if value is None else str(value)
+    return "-" if value is None else str(value)
 
 
 def merge_epoch_rows(lightning_csv: Path, out: Path) -> list[dict[str, str]]:

@@ -1,0 +1,3 @@
+from graft.cli import run_app
+
+run_app()

@@ -1,0 +1,226 @@
+"""The ``graft`` command line: each command loads config, calls the library, renders the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from graft.config import GraftConfig
+from graft.errors import ConfigError, GraftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__ or "", pretty_exceptions_enable=False)
+console = Console()
+error_console = Console(stderr=True)
+STATE = {"debug": False}
+
+DataArg = Annotated[Path, typer.Argument(help="Dataset: class-per-folder tree, CSV file, or LifeCLEF XML directory.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML with sections data/backbone/features/head/predict.")]
+BackboneOpt = Annotated[str | None, typer.Option(help="timm model name (default tf_efficientnet_lite0, offline).")]
+CacheOpt = Annotated[Path | None, typer.Option(help="Feature cache directory (default $GRAFT_CACHE_DIR or user cache).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False) -> None:
+    """graft: image classifiers on pretrained backbones, from cached features to ranked answers per observation."""
+    STATE["debug"] = debug
+
+
+def run_app() -> None:
+    """Entry point: graft's errors are printed as one clear message (exit 2) unless --debug."""
+    try:
+        app(standalone_mode=False)
+    except GraftError as error:
+        if STATE["debug"]:
+            raise
+        error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except (typer.Exit, SystemExit) as done:
+        raise SystemExit(getattr(done, "exit_code", getattr(done, "code", 0))) from None
+    except Exception as error:
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            raise SystemExit(error.exit_code) from None
+        if isinstance(error, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        raise
+
+
+def _columns(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        field, sep, column = pair.partition("=")
+        if not sep or not field or not column:
+            raise ConfigError(f"--column expects FIELD=CSV_COLUMN (e.g. label=species), got {pair!r}")
+        mapping[field.strip()] = column.strip()
+    return mapping
+
+
+def load_config(path: Path | None, **overrides) -> GraftConfig:
+    config = GraftConfig.from_yaml(path) if path else GraftConfig()
+    return config.updated({key.replace("__", "."): value for key, value in overrides.items()})
+
+
+@app.command()
+def fit(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    config: ConfigOpt = None,
+    backbone: BackboneOpt = None,
+    weights: Annotated[str | None, typer.Option(help="Local .pth/.safetensors weights for the backbone.")] = None,
+    pooling: Annotated[str | None, typer.Option(help="Global pooling: avg (default) or max.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input resolution (default: the weights' own).")] = None,
+    cache_dir: CacheOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum head epochs (early stopping ends sooner).")] = None,
+    hidden_layers: Annotated[int | None, typer.Option(help="Dense layers in the head (seed: 3).")] = None,
+    width: Annotated[int | None, typer.Option(help="Units per dense layer (seed: 512).")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout after each dense layer (seed: 0.5).")] = None,
+    class_weights: Annotated[str | None, typer.Option(help="none or auto (inverse class frequency).")] = None,
+    fusion: Annotated[str | None, typer.Option(help="Observation fusion: mean, max, geometric, borda.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Validation share of the non-test part (0.25 = 3:1).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split and the head.")] = None,
+    data_format: Annotated[str | None, typer.Option("--format", help="auto, folder, csv or lifeclef.")] = None,
+    column: Annotated[list[str], typer.Option(help="CSV column mapping FIELD=COLUMN, repeatable.")] = [],  # noqa: B006
+    quiet: QuietOpt = False,
+) -> None:
+    """Extract (or reuse cached) features, train the dense head, evaluate, and write a run directory."""
+    from graft.pipeline import fit as fit_run
+
+    settings = load_config(
+        config, backbone__name=backbone, backbone__weights=weights, backbone__pooling=pooling,
+        backbone__image_size=image_size, features__cache_dir=str(cache_dir) if cache_dir else None,
+        head__epochs=epochs, head__hidden_layers=hidden_layers, head__width=width, head__dropout=dropout,
+        head__class_weights=class_weights, predict__fusion=fusion, data__val_fraction=val_fraction,
+        data__seed=seed, head__seed=seed, data__format=data_format, data__columns=_columns(column) or None,
+    )
+    result = fit_run(data, out, settings, progress=not quiet)
+    _print_run(result)
+
+
+def _print_run(result) -> None:
+    for warning in result.warnings:
+        error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if result.problems:
+        error_console.print(f"[yellow]{len(result.problems)} problem(s) skipped[/], listed in "
+                            f"{result.run_dir / 'problems.txt'}", highlight=False, soft_wrap=True)
+    console.print(Markdown((result.run_dir / "results.md").read_text()))
+    r = result.results
+    console.print(
+        f"features: {r['features_extracted']} extracted ({r['extraction_seconds']:.1f}s), "
+        f"head: {r['head_seconds']:.1f}s; report in [bold]{result.run_dir}[/] (results.json, results.md, curves.png)"
+    )
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `graft fit`.")],
+    data: DataArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the results JSON here.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score a run on a dataset (its test part if it names one, else every image)."""
+    from graft.pipeline import evaluate as evaluate_run
+    from graft.report import results_table, write_results_json
+
+    results = evaluate_run(run, data, progress=not (quiet or as_json))
+    if out:
+        write_results_json(out, results)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        console.print(Markdown(results_table([(f"{run.name} on {data.name}", results)])))
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `graft fit`.")],
+    images: Annotated[list[Path], typer.Argument(help="Photos of ONE observation (subject).")],
+    top: Annotated[int | None, typer.Option(help="How many labels to list.")] = None,
+    fusion: Annotated[str | None, typer.Option(help="mean, max, geometric or borda.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
+    from graft.pipeline import load_run
+
+    answer = load_run(run).identify(images, fusion=fusion, top=top)
+    if as_json:
+        print(json.dumps({"ranking": answer.ranking, "per_image": answer.per_image, "fusion": answer.fusion,
+                          "failures": answer.failures}, indent=2))
+        return
+    for path, reason in answer.failures.items():
+        error_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
+    if not answer.ranking:
+        raise GraftError("no readable image among the inputs; nothing to identify")
+    table = Table(title=f"{len(answer.per_image)} image(s), fusion: {answer.fusion}")
+    table.add_column("rank", justify="right")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for rank, (label, probability) in enumerate(answer.ranking, start=1):
+        table.add_row(str(rank), label, f"{probability:.3f}")
+    console.print(table)
+
+
+@app.command()
+def inspect(
+    data: DataArg,
+    config: ConfigOpt = None,
+    no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip decoding every image.")] = False,
+) -> None:
+    """Counts per label, view, split and user, and every unreadable file or skipped row."""
+    from graft.pipeline import prepare_manifest
+    from graft.summary import summarize
+
+    settings = load_config(config)
+    from graft.manifest import load_manifest
+    from graft.splits import assign_splits
+
+    manifest = assign_splits(load_manifest(data, settings.data.format, settings.data.columns),
+                             settings.data.val_fraction, settings.data.seed)
+    summary = summarize(manifest, check_images=not no_decode)
+    console.print(f"[bold]{summary.source}[/]: {summary.n_images} images, {summary.n_observations} observations, "
+                  f"{len(summary.per_label)} labels, {len(summary.observations_per_user)} users")
+    for title, counts in (("split", summary.per_split), ("view", summary.per_view),
+                          ("label", summary.per_label), ("observations per user", summary.observations_per_user)):
+        table = Table(title=title, show_edge=False)
+        table.add_column(title)
+        table.add_column("count", justify="right")
+        for key, count in counts.most_common(25):
+            table.add_row(key, str(count))
+        if len(counts) > 25:
+            table.add_row(f"… {len(counts) - 25} more", str(sum(c for _, c in counts.most_common()[25:])))
+        console.print(table)
+    for line in summary.problems + summary.unreadable:
+        error_console.print(f"[yellow]problem:[/] {line}", highlight=False, soft_wrap=True)
+    try:
+        for warning in prepare_manifest(manifest, settings)[1]:
+            error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    except GraftError as error:
+        error_console.print(f"[red]cannot train on this data:[/] {error}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def demo(
+    data: Annotated[Path | None, typer.Option(help="Run on this dataset instead of the bundled ELPV solar cells.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
+    backbone: BackboneOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The whole path offline on real data: extract features -> train head -> evaluate -> report."""
+    from graft.demo import elpv_manifest
+    from graft.pipeline import fit as fit_run
+
+    settings = load_config(None, backbone__name=backbone, features__cache_dir=str(cache_dir) if cache_dir else None)
+    source = data if data is not None else elpv_manifest()
+    name = data or "ELPV solar cells (Deitsch et al. 2019, CC BY-NC-SA 4.0)"
+    console.print(f"[bold]graft demo[/]: {name}, backbone {settings.backbone.name}")
+    _print_run(fit_run(source, out, settings, progress=not quiet))

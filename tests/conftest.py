@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny generated datasets and a tiny seeded backbone so the suite stays fast on 2 CPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from graft.config import GraftConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 40) -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def folder_data(tmp_path: Path) -> Path:
+    """root/<colour>/<n>.png: 3 classes x 8 images, separable by colour."""
+    root = tmp_path / "data"
+    for label, colour in COLOURS.items():
+        for i in range(8):
+            make_image(root / label / f"{i}.png", colour, seed=hash((label, i)) % 2**32)
+    return root
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> GraftConfig:
+    """timm's test_efficientnet with seeded random weights at 32 px, a short head schedule, a private cache."""
+    return GraftConfig.from_dict({
+        "backbone": {"name": "test_efficientnet", "pretrained": False, "image_size": 32},
+        "features": {"cache_dir": str(tmp_path / "cache"), "batch_size": 8, "num_workers": 0, "chunk_size": 8},
+        "head": {"epochs": 6, "min_epochs": 2, "patience": 3, "width": 32},
+    })

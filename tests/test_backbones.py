@@ -1,0 +1,78 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from graft.backbones import create_backbone, offline_weights_path
+from graft.errors import BackboneError
+
+
+def test_offline_default_is_lite0_with_its_preprocessing():
+    backbone = create_backbone()
+    assert backbone.name == "tf_efficientnet_lite0" and backbone.num_features == 1280
+    config = backbone.data_config
+    assert config["mean"] == (0.5, 0.5, 0.5) and config["std"] == (0.5, 0.5, 0.5)
+    assert config["interpolation"] == "bicubic" and config["input_size"] == (3, 224, 224)
+    # the weights really are the package's: the stem conv equals the file's first tensor
+    first = next(iter(torch.load(offline_weights_path("tf_efficientnet_lite0"), weights_only=True).values()))
+    assert torch.equal(backbone.model.conv_stem.weight, first)
+
+
+def test_identity_depends_on_weights_only():
+    a = create_backbone("test_efficientnet", pretrained=False)
+    b = create_backbone("test_efficientnet", pretrained=False)
+    assert a.identity == b.identity
+    with torch.no_grad():
+        b.model.conv_stem.weight.add_(1e-3)
+    from graft.backbones import weights_identity
+
+    assert weights_identity(b.model) != a.identity
+
+
+def test_max_pooling_differs_from_avg():
+    x = torch.rand(2, 3, 128, 128)  # a feature map larger than 1x1, or avg == max
+    avg = create_backbone("test_efficientnet", pretrained=False, pooling="avg")
+    top = create_backbone("test_efficientnet", pretrained=False, pooling="max")
+    with torch.no_grad():
+        assert torch.all(top(x) >= avg(x) - 1e-6) and not torch.allclose(top(x), avg(x))
+
+
+@pytest.mark.parametrize("suffix", ["pth", "safetensors"])
+def test_local_weights_file_by_name(tmp_path, suffix):
+    torch.manual_seed(3)
+    source = timm.create_model("test_efficientnet", pretrained=False)
+    path = tmp_path / f"w.{suffix}"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    torch.save(state, path) if suffix == "pth" else save_file(state, path)
+    backbone = create_backbone("test_efficientnet", weights=path)
+    assert torch.equal(backbone.model.conv_stem.weight, source.conv_stem.weight)
+
+
+def test_local_weights_file_by_tensor_order(tmp_path):
+    torch.manual_seed(4)
+    source = timm.create_model("test_efficientnet", pretrained=False)
+    renamed = {f"t{i}": v for i, v in enumerate(source.state_dict().values())}
+    torch.save(renamed, tmp_path / "renamed.pth")
+    backbone = create_backbone("test_efficientnet", weights=tmp_path / "renamed.pth")
+    assert torch.equal(backbone.model.conv_stem.weight, source.conv_stem.weight)
+
+
+def test_wrong_checkpoint_is_explained(tmp_path):
+    torch.save({"x": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(BackboneError, match="do not match"):
+        create_backbone("test_efficientnet", weights=tmp_path / "other.pth")
+
+
+def test_unknown_name_and_failed_download_say_the_fix(monkeypatch):
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        create_backbone("resnet_does_not_exist")
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("network is unreachable")
+        return original(*args, pretrained=pretrained, **kwargs)
+
+    original = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(BackboneError, match="--weights"):
+        create_backbone("resnet50")

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graft.config import HeadConfig
+from graft.head import Standardize, build_head, class_weights, fit_head
+
+
+def blobs(n, seed, classes=3, dim=16):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centres = np.random.default_rng(0).normal(size=(classes, dim)) * 3
+    return (centres[y] + rng.normal(size=(n, dim))).astype(np.float32), y
+
+
+def test_default_head_is_the_seeds():
+    head = build_head(1280, 500, HeadConfig())
+    linears = [m for m in head if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(1280, 512), (512, 512), (512, 512), (512, 500)]
+    assert sum(isinstance(m, nn.SELU) for m in head) == 3
+    assert [m.p for m in head if isinstance(m, nn.Dropout)] == [0.5, 0.5, 0.5]
+    assert isinstance(head[0], Standardize)
+
+
+def test_class_weights_are_inverse_frequency():
+    weights = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights.tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+
+
+def test_head_learns_and_keeps_best_validation_weights(tmp_path):
+    train, val = blobs(200, 1), blobs(60, 2)
+    fit = fit_head(train, val, 3, HeadConfig(epochs=8, width=32, patience=3, min_epochs=1), tmp_path)
+    with torch.no_grad():
+        logits = fit.head(torch.tensor(val[0]))
+    assert (logits.argmax(1).numpy() == val[1]).mean() > 0.9
+    loss = nn.functional.cross_entropy(logits, torch.tensor(val[1])).item()
+    rows = [line.split(",") for line in fit.metrics_csv.read_text().splitlines()]
+    column = rows[0].index("val_loss")
+    val_losses = [float(r[column]) for r in rows[1:] if r[column]]
+    assert loss == pytest.approx(min(val_losses), rel=1e-4)  # the restored weights are the best epoch's
+
+
+def test_early_stopping_stops(tmp_path):
+    train = blobs(100, 1)
+    val = (blobs(40, 3)[0], np.random.default_rng(5).integers(0, 3, 40))  # unlearnable: val loss rises
+    fit = fit_head(train, val, 3, HeadConfig(epochs=200, width=16, patience=2, min_epochs=1), tmp_path)
+    assert fit.epochs_run < 200
+
+
+def test_refit_trains_on_train_and_val_for_at_least_min_epochs(tmp_path):
+    train, val = blobs(60, 1), blobs(30, 2)
+    fit = fit_head(train, val, 3, HeadConfig(epochs=3, width=16, min_epochs=4), tmp_path, refit=True)
+    assert fit.refit_epochs == 4
+    refit_log = (tmp_path / "head-refit" / "metrics.csv").read_text().splitlines()
+    assert len({line.split(",")[0] for line in refit_log[1:]}) == 4

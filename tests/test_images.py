@@ -1,0 +1,68 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from graft.errors import ImageError
+from graft.images import load_rgb
+
+
+def save(tmp_path, image: Image.Image, name: str, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGB", "LA"])
+def test_every_common_mode_becomes_rgb(tmp_path, mode):
+    image = Image.new("RGB", (10, 6), (120, 30, 200)).convert(mode)
+    suffix = "jpg" if mode == "CMYK" else "png"
+    result = load_rgb(save(tmp_path, image, f"x.{suffix}"))
+    assert result.mode == "RGB" and result.size == (10, 6)
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert load_rgb(save(tmp_path, image, "a.png")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_16_bit_is_scaled_not_clipped(tmp_path):
+    array = np.full((4, 4), 65535 // 2, dtype=np.uint16)
+    image = Image.fromarray(array)
+    assert image.mode.startswith("I;16")
+    pixel = load_rgb(save(tmp_path, image, "deep.png")).getpixel((0, 0))
+    assert pixel[0] == pytest.approx(127, abs=1)
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.new("RGB", (20, 10), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    path = save(tmp_path, image, "rotated.jpg", exif=exif.tobytes())
+    assert load_rgb(path).size == (10, 20)
+
+
+def test_zero_byte_file_names_the_file(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(ImageError, match=r"empty\.jpg: empty file"):
+        load_rgb(path)
+
+
+def test_non_image_and_missing_file(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(ImageError, match="not a readable image"):
+        load_rgb(path)
+    with pytest.raises(ImageError, match="not found"):
+        load_rgb(tmp_path / "absent.png")
+
+
+def test_truncated_jpeg_is_an_image_error(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[:200])
+    with pytest.raises(ImageError):
+        load_rgb(path)

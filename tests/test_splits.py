@@ -1,0 +1,68 @@
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from graft.errors import DataError
+from graft.manifest import ImageRecord, Manifest
+from graft.splits import assign_splits, check_trainable
+
+
+def manifest(n_labels=3, observations=40, images=3, test_every=0):
+    records = []
+    for label in range(n_labels):
+        for obs in range(observations):
+            split = "test" if test_every and obs % test_every == 0 else ""
+            for image in range(images):
+                records.append(ImageRecord(Path(f"{label}/{obs}/{image}.jpg"), f"L{label}", f"{label}-{obs}", split=split))
+    return Manifest(records, "synthetic")
+
+
+def observations_per_split(m):
+    found = defaultdict(set)
+    for r in m:
+        found[(r.label, r.split)].add(r.observation)
+    return found
+
+
+def test_split_is_three_to_one_per_label_by_observation():
+    found = observations_per_split(assign_splits(manifest()))
+    for label in ("L0", "L1", "L2"):
+        assert len(found[(label, "train")]) == 30 and len(found[(label, "val")]) == 10
+
+
+def test_observations_are_never_cut():
+    splits_of = defaultdict(set)
+    for r in assign_splits(manifest(observations=13, images=4)):
+        splits_of[r.observation].add(r.split)
+    assert all(len(s) == 1 for s in splits_of.values())
+
+
+def test_seeded_and_reproducible():
+    a = [r.split for r in assign_splits(manifest(), seed=1)]
+    assert a == [r.split for r in assign_splits(manifest(), seed=1)]
+    assert a != [r.split for r in assign_splits(manifest(), seed=2)]
+
+
+def test_data_test_part_is_kept_and_not_resplit():
+    result = assign_splits(manifest(test_every=4))
+    assert all((r.split == "test") == (int(r.observation.split("-")[1]) % 4 == 0) for r in result)
+    found = observations_per_split(result)
+    assert len(found[("L0", "val")]) == round(30 * 0.25)
+
+
+def test_label_with_two_observations_gets_one_of_each():
+    found = observations_per_split(assign_splits(manifest(observations=2)))
+    assert len(found[("L0", "train")]) == 1 and len(found[("L0", "val")]) == 1
+
+
+def test_one_class_stops_before_any_work():
+    with pytest.raises(DataError, match="at least 2"):
+        check_trainable(assign_splits(manifest(n_labels=1)))
+
+
+def test_single_image_label_is_warned():
+    m = manifest(observations=4, images=1)
+    m.records.append(ImageRecord(Path("lonely.jpg"), "lonely", "lonely-0"))
+    warnings = check_trainable(assign_splits(m))
+    assert any("lonely" in w and "single" in w for w in warnings)
