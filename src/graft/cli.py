@@ -176,13 +176,11 @@ def inspect(
     no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip decoding every image.")] = False,
 ) -> None:
     """Counts per label, view, split and user, and every unreadable file or skipped row."""
-    from graft.pipeline import prepare_manifest
+    from graft.manifest import load_manifest
+    from graft.splits import assign_splits, check_trainable
     from graft.summary import summarize
 
     settings = load_config(config)
-    from graft.manifest import load_manifest
-    from graft.splits import assign_splits
-
     manifest = assign_splits(load_manifest(data, settings.data.format, settings.data.columns),
                              settings.data.val_fraction, settings.data.seed)
     summary = summarize(manifest, check_images=not no_decode)
@@ -201,7 +199,7 @@ def inspect(
     for line in summary.problems + summary.unreadable:
         error_console.print(f"[yellow]problem:[/] {line}", highlight=False, soft_wrap=True)
     try:
-        for warning in prepare_manifest(manifest, settings)[1]:
+        for warning in check_trainable(manifest):
             error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     except GraftError as error:
         error_console.print(f"[red]cannot train on this data:[/] {error}", highlight=False, soft_wrap=True)

@@ -171,7 +171,8 @@ class _quiet_lightning:
         self._warnings.__enter__()
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own deprecation noise
+        warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")  # the refit trains without validation
 
     def __exit__(self, *exc):
         self._warnings.__exit__(*exc)

@@ -1,0 +1,73 @@
+"""Extraction throughput: graft's pipeline vs the bare timm forward on the same batches, side by side in one run.
+
+pipeline = hash bytes + decode + resize/crop/normalise (DataLoader workers) + forward + cache write
+raw      = forward only, on the same images already decoded and transformed into tensors in memory
+Target: pipeline / raw >= 0.9.
+
+    python bench/extract.py [--images 128] [--data ../shared/datasets/leafsnap-dev] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from graft.backbones import create_backbone
+from graft.features import default_workers, extract_features, file_digest
+from graft.images import is_image_path, load_rgb
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "leafsnap-dev"
+
+
+def raw_forward(backbone, batches) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            backbone(batch)
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def pipeline(backbone, paths, batch_size, workers) -> float:
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        result = extract_features(paths, backbone, cache, batch_size=batch_size, num_workers=workers)
+        assert result.extracted == len(paths), "every image must be extracted (fresh cache)"
+        return len(paths) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    candidates = sorted(p for p in args.data.rglob("*") if is_image_path(p))
+    paths = list({file_digest(p): p for p in candidates}.values())[: args.images]  # distinct bytes: all extracted
+    backbone = create_backbone(args.backbone)
+    transform = backbone.transform()
+    tensors = torch.stack([transform(load_rgb(p)) for p in paths])
+    batches = list(tensors.split(args.batch_size))
+    workers = default_workers() if args.workers is None else args.workers
+    raw_forward(backbone, batches[:1])  # warm-up
+    raws, pipes = [], []
+    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        raws.append(raw_forward(backbone, batches))
+        pipes.append(pipeline(backbone, paths, args.batch_size, workers))
+    raw, pipe = max(raws), max(pipes)
+    print(f"backbone {args.backbone}, {len(paths)} images from {args.data.name}, batch {args.batch_size}, "
+          f"{workers} decode worker(s), torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(f"raw forward      {raw:8.2f} img/s   (runs: {', '.join(f'{r:.1f}' for r in raws)})")
+    print(f"graft pipeline   {pipe:8.2f} img/s   (runs: {', '.join(f'{p:.1f}' for p in pipes)})")
+    print(f"ratio pipeline/raw = {pipe / raw:.3f}  (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Head training time on cached features ÷ the time of one extraction pass, on the demo data (ELPV, 2,624 images).
+
+Runs `graft.fit` twice with a fresh private cache: the first run's extraction is the pass, the second run extracts
+nothing and its head time is what a new head configuration costs. Target: ratio <= 0.05.
+
+    python bench/head.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from graft.config import GraftConfig
+from graft.demo import elpv_manifest
+from graft.pipeline import fit
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as work:
+        config = GraftConfig().updated({"features.cache_dir": str(Path(work) / "cache")})
+        first = fit(elpv_manifest(), Path(work) / "first", config).results
+        second = fit(elpv_manifest(), Path(work) / "second", config.updated({"head.seed": 1})).results
+    assert second["features_extracted"] == 0
+    extraction, head = first["extraction_seconds"], second["head_seconds"]
+    print(f"ELPV: {first['features_extracted']} images extracted in {extraction:.1f} s "
+          f"({first['features_extracted'] / extraction:.1f} img/s)")
+    print(f"second fit: 0 extracted, head trained in {head:.2f} s ({second['head_epochs']} epochs, "
+          f"best {second['head_best_epoch']}); first fit's head {first['head_seconds']:.2f} s")
+    print(f"ratio head / extraction pass = {head / extraction:.4f}  (target <= 0.05)")
+    print(f"val S={second['S']:.4f} top1={second['top1']:.4f} (seed 1) vs S={first['S']:.4f} top1={first['top1']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
