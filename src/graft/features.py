@@ -112,8 +112,8 @@ class FeatureSet:
 
 
 class _DecodeDataset(Dataset):
-    def __init__(self, paths: Sequence[Path], transform, size: int):
-        self.paths, self.transform, self.size = list(paths), transform, size
+    def __init__(self, paths: Sequence[Path], transform, input_size: tuple[int, int, int]):
+        self.paths, self.transform, self.input_size = list(paths), transform, tuple(input_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -122,9 +122,9 @@ class _DecodeDataset(Dataset):
         try:
             return index, self.transform(load_rgb(self.paths[index])), ""
         except ImageError as error:
-            return index, torch.zeros(3, self.size, self.size), str(error)
+            return index, torch.zeros(self.input_size), str(error)
         except Exception as error:  # a transform failing on a strange image must not end the run
-            return index, torch.zeros(3, self.size, self.size), f"{self.paths[index]}: {error}"
+            return index, torch.zeros(self.input_size), f"{self.paths[index]}: {error}"
 
 
 def default_workers() -> int:
@@ -175,8 +175,7 @@ def _digests(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
 def _extract_missing(todo, backbone, cache, batch_size, num_workers, chunk_size, failures, progress) -> int:
     if not todo:
         return 0
-    size = backbone.data_config["input_size"][-1]
-    dataset = _DecodeDataset([path for path, _ in todo], backbone.transform(), size)
+    dataset = _DecodeDataset([path for path, _ in todo], backbone.transform(), backbone.data_config["input_size"])
     workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False)
     pending_keys: list[str] = []
