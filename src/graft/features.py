@@ -173,6 +173,8 @@ def _digests(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
 
 
 def _extract_missing(todo, backbone, cache, batch_size, num_workers, chunk_size, failures, progress) -> int:
+    if progress:
+        progress(0, len(todo))
     if not todo:
         return 0
     dataset = _DecodeDataset([path for path, _ in todo], backbone.transform(), backbone.data_config["input_size"])

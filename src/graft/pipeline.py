@@ -204,8 +204,9 @@ def _write_run(out: Path, classifier: Classifier, manifest: Manifest, results: d
     history = merge_epoch_rows(head_fit.metrics_csv, out / "history.csv")
     plot_curves(history, out / "curves.png", f"head on {classifier.backbone.name} features", head_fit.best_epoch)
     write_results_json(out / "results.json", results)
-    title = f"{classifier.backbone.name} + head ({results['evaluated_on']} split, fusion {results['fusion']})"
-    atomic_write_text(out / "results.md", f"# {out.name}\n\n" + results_table([(title, results)]))
+    note = f"Evaluated on the {results['evaluated_on']} split; observation fusion: {results['fusion']}.\n\n"
+    table = results_table([(f"{classifier.backbone.name} + head", results)])
+    atomic_write_text(out / "results.md", f"# {out.name}\n\n{note}{table}")
 
 
 def load_run(run_dir: str | Path) -> Classifier:
