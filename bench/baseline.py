@@ -41,7 +41,7 @@ class LogisticHead(nn.Module):
 def logistic_baseline(data: Path, run_dir: Path) -> dict:
     classifier = load_run(run_dir)
     manifest, _ = prepare_manifest(data, classifier.config)
-    feature_set = classifier.features([r.path for r in manifest])
+    feature_set = classifier.manifest_features(manifest)
     manifest = manifest.without(feature_set.failures)
     has_test = bool(manifest.where("test").records)
     parts = [_arrays(manifest.where("train"), feature_set, classifier.labels)]

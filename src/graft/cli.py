@@ -89,6 +89,8 @@ def fit(
     seed: Annotated[int | None, typer.Option(help="Seed for the split and the head.")] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="auto, folder, csv or lifeclef.")] = None,
     column: Annotated[list[str], typer.Option(help="CSV column mapping FIELD=COLUMN, repeatable.")] = [],  # noqa: B006
+    views: Annotated[bool | None, typer.Option("--views/--no-views", help="Per-view preprocessing (crops).")] = None,
+    default_view: Annotated[str | None, typer.Option(help="View of images without one, e.g. LeafScan.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Extract (or reuse cached) features, train the dense head, evaluate, and write a run directory."""
@@ -100,6 +102,7 @@ def fit(
         head__epochs=epochs, head__hidden_layers=hidden_layers, head__width=width, head__dropout=dropout,
         head__class_weights=class_weights, predict__fusion=fusion, data__val_fraction=val_fraction,
         data__seed=seed, head__seed=seed, data__format=data_format, data__columns=_columns(column) or None,
+        views__enabled=views, data__default_view=default_view,
     )
     result = fit_run(data, out, settings, progress=not quiet)
     _print_run(result)
@@ -146,12 +149,15 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Photos of ONE observation (subject).")],
     top: Annotated[int | None, typer.Option(help="How many labels to list.")] = None,
     fusion: Annotated[str | None, typer.Option(help="mean, max, geometric or borda.")] = None,
+    view: Annotated[list[str], typer.Option(help="View of each photo in order (Flower, Leaf...), repeatable.")] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
     from graft.pipeline import load_run
 
-    answer = load_run(run).identify(images, fusion=fusion, top=top)
+    if view and len(view) != len(images):
+        raise ConfigError(f"--view given {len(view)} time(s) for {len(images)} image(s); give one per image or none")
+    answer = load_run(run).identify(images, views=view or None, fusion=fusion, top=top)
     if as_json:
         print(json.dumps({"ranking": answer.ranking, "per_image": answer.per_image, "fusion": answer.fusion,
                           "failures": answer.failures}, indent=2))
@@ -203,6 +209,25 @@ def inspect(
             error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     except GraftError as error:
         error_console.print(f"[red]cannot train on this data:[/] {error}", highlight=False, soft_wrap=True)
+
+
+@app.command("preview-views")
+def preview_views(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG contact sheet to write.")],
+    per_view: Annotated[int, typer.Option(help="Images shown per view.")] = 4,
+    config: ConfigOpt = None,
+    default_view: Annotated[str | None, typer.Option(help="View of images without one, e.g. LeafScan.")] = None,
+) -> None:
+    """Contact sheet of per-view preprocessing: before (box drawn) and after, per view, to judge the crops."""
+    from graft.manifest import load_manifest
+    from graft.sheets import contact_sheet
+
+    settings = load_config(config, data__default_view=default_view)
+    manifest = load_manifest(data, settings.data.format, settings.data.columns)
+    fallbacks = contact_sheet(manifest.with_default_view(settings.data.default_view), settings.views, out, per_view)
+    shown = ", ".join(f"{view}: {count} fell back" for view, count in fallbacks.items())
+    console.print(f"wrote {out} ({shown})")
 
 
 @app.command()

@@ -27,6 +27,7 @@ class DataConfig(_Section):
     )
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="Validation share of the non-test part (3:1).")
     seed: int = 0
+    default_view: str | None = Field(None, description="View for images without one, e.g. LeafScan for a scan set.")
 
 
 class BackboneConfig(_Section):
@@ -65,6 +66,27 @@ class HeadConfig(_Section):
     seed: int = 0
 
 
+class ViewsConfig(_Section):
+    """Per-view preprocessing (seed 002, "Image Preprocessing"). Sigmas are in original-image pixels."""
+
+    enabled: bool = False
+    off: list[str] = Field(default_factory=list, description="Views to leave unchanged even when enabled.")
+    flower_fruit_sigma: float = Field(2.5, gt=0)
+    leaf_cut: float = Field(0.1, ge=0, lt=0.5, description="Fraction cut from every side of Leaf images first.")
+    leaf_sigma: float = Field(2.0, gt=0)
+    stem_cut: float = Field(0.2, ge=0, lt=0.5)
+    stem_sigma: float = Field(2.0, gt=0)
+    work_size: int = Field(128, ge=32, description="Contours run on a copy this many pixels high/wide at most.")
+    iterations: int = Field(40, ge=1, description="Morphological Chan-Vese iterations.")
+    smoothing: int = Field(2, ge=0, le=4)
+    margin: float = Field(0.05, ge=0, lt=0.5, description="Box grown by this fraction of its size on every side.")
+    min_box_fraction: float = Field(0.02, gt=0, lt=1, description="A smaller box is not trusted: uncropped instead.")
+    max_box_fraction: float = Field(0.98, gt=0, le=1, description="A box this large found nothing: uncropped.")
+    converge_change: float = Field(
+        0.01, gt=0, le=1, description="Not converged if the last iteration changed more than this share of pixels."
+    )
+
+
 class PredictConfig(_Section):
     fusion: FusionRule = "mean"
     top_k: int = Field(5, ge=1)
@@ -75,6 +97,7 @@ class GraftConfig(_Section):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
 
     @classmethod

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +25,11 @@ from platformdirs import user_cache_dir
 from torch.utils.data import DataLoader, Dataset
 
 from graft.backbones import Backbone
+from graft.config import ViewsConfig
 from graft.errors import ImageError
 from graft.files import atomic_write, atomic_write_text
 from graft.images import load_rgb
+from graft.views import Decision, apply, decide, params_key
 
 CACHE_ENV = "GRAFT_CACHE_DIR"
 CACHE_FORMAT = 1
@@ -46,13 +50,12 @@ def extractor_key(backbone: Backbone) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-class FeatureCache:
-    """Append-only, content-addressed store of feature rows for one extractor."""
+class ChunkStore:
+    """Append-only, content-addressed rows (float32) in chunks; what a killed writer finished stays readable."""
 
-    def __init__(self, root: str | Path | None, backbone: Backbone):
-        self.directory = Path(root or default_cache_dir()) / extractor_key(backbone)
+    def __init__(self, directory: Path):
+        self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_once(self.directory / "extractor.json", json.dumps(backbone.describe(), indent=2, default=str))
         self._index: dict[str, tuple[Path, int]] = {}
         self._arrays: dict[Path, np.ndarray] = {}
         self.refresh()
@@ -64,31 +67,45 @@ class FeatureCache:
             if array_file in self._arrays:
                 continue
             self._arrays[array_file] = np.load(array_file, mmap_mode="r")
-            for row, digest in enumerate(keys_file.read_text().split()):
-                self._index.setdefault(digest, (array_file, row))
+            for row, key in enumerate(keys_file.read_text().split()):
+                self._index.setdefault(key, (array_file, row))
 
-    def __contains__(self, digest: str) -> bool:
-        return digest in self._index
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def get(self, digests: Sequence[str]) -> np.ndarray:
-        """Rows for ``digests`` (all must be present) as one float32 array."""
-        if not digests:
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """Rows for ``keys`` (all must be present) as one float32 array."""
+        if not keys:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self._arrays[file][row] for file, row in (self._index[d] for d in digests)])
+        return np.stack([self._arrays[file][row] for file, row in (self._index[k] for k in keys)])
 
-    def add(self, digests: Sequence[str], rows: np.ndarray) -> None:
+    def add(self, keys: Sequence[str], rows: np.ndarray) -> None:
         """Write one chunk atomically: the rows first, then the keys that make the chunk visible."""
-        if len(digests) == 0:
+        if len(keys) == 0:
             return
         stem = self.directory / uuid.uuid4().hex
         atomic_write(stem.with_suffix(".npy"), lambda handle: np.save(handle, np.asarray(rows, dtype=np.float32)))
-        atomic_write(stem.with_suffix(".keys"), lambda handle: handle.write("\n".join(digests).encode()))
+        atomic_write(stem.with_suffix(".keys"), lambda handle: handle.write("\n".join(keys).encode()))
         self._arrays[stem.with_suffix(".npy")] = np.load(stem.with_suffix(".npy"), mmap_mode="r")
-        for row, digest in enumerate(digests):
-            self._index.setdefault(digest, (stem.with_suffix(".npy"), row))
+        for row, key in enumerate(keys):
+            self._index.setdefault(key, (stem.with_suffix(".npy"), row))
+
+
+class FeatureCache(ChunkStore):
+    """Feature rows of one extractor (backbone weights + preprocessing + pooling)."""
+
+    def __init__(self, root: str | Path | None, backbone: Backbone):
+        directory = Path(root or default_cache_dir()) / extractor_key(backbone)
+        super().__init__(directory)
+        _write_once(directory / "extractor.json", json.dumps(backbone.describe(), indent=2, default=str))
+
+
+def decision_store(root: str | Path | None, view_key: str) -> ChunkStore:
+    """Cached per-view preprocessing decisions (boxes, thresholds), shared by every backbone."""
+    return ChunkStore(Path(root or default_cache_dir()) / "views" / view_key)
 
 
 def _write_once(path: Path, text: str) -> None:
@@ -105,26 +122,49 @@ class FeatureSet:
     failures: dict[Path, str] = field(default_factory=dict)
     extracted: int = 0  # backbone forwards this call performed (0 when everything came from the cache)
     seconds: float = 0.0
+    view_fallbacks: Counter = field(default_factory=Counter)  # view -> images used uncropped (subject not trusted)
 
     def rows_for(self, paths: Sequence[Path]) -> np.ndarray:
         position = {path: i for i, path in enumerate(self.paths)}
         return self.features[[position[p] for p in paths]]
 
 
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    view: str
+    view_key: str  # '' when the view is left unchanged
+    digest: str  # image bytes
+
+    @property
+    def row_key(self) -> str:
+        """Feature-cache key: the image bytes, plus the preprocessing that was applied to them."""
+        if not self.view_key:
+            return self.digest
+        return hashlib.sha256(f"{self.digest}:{self.view_key}".encode()).hexdigest()
+
+
 class _DecodeDataset(Dataset):
-    def __init__(self, paths: Sequence[Path], transform, input_size: tuple[int, int, int]):
-        self.paths, self.transform, self.input_size = list(paths), transform, tuple(input_size)
+    """Decode -> per-view preprocessing (a cached decision, or computed here in the worker) -> backbone transform."""
+
+    def __init__(self, items, known_decisions, view_config: ViewsConfig, transform, input_size):
+        self.items, self.known, self.view_config = items, known_decisions, view_config
+        self.transform, self.input_size = transform, tuple(input_size)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, index: int):
+        item = self.items[index]
         try:
-            return index, self.transform(load_rgb(self.paths[index])), ""
+            image = load_rgb(item.path)
+            known = self.known[index]
+            decision = Decision.from_row(known) if known is not None else decide(image, item.view, self.view_config)
+            return index, self.transform(apply(image, decision)), "", decision.to_row()
         except ImageError as error:
-            return index, torch.zeros(self.input_size), str(error)
+            return index, torch.zeros(self.input_size), str(error), Decision().to_row()
         except Exception as error:  # a transform failing on a strange image must not end the run
-            return index, torch.zeros(self.input_size), f"{self.paths[index]}: {error}"
+            return index, torch.zeros(self.input_size), f"{item.path}: {error}", Decision().to_row()
 
 
 def default_workers() -> int:
@@ -143,23 +183,28 @@ def extract_features(
     num_workers: int | None = None,
     chunk_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
+    views: Sequence[str] | None = None,
+    view_config: ViewsConfig | None = None,
 ) -> FeatureSet:
     """Features for ``paths``: cached rows are read, the rest extracted in batches and cached in chunks.
 
-    ``progress(done, total)`` is called after each batch of images needing extraction.
+    ``views[i]`` is the view of ``paths[i]`` (Flower, Leaf, ...); with ``view_config.enabled`` each image is
+    preprocessed for its view first. ``progress(done, total)`` is called after each batch needing extraction.
     """
-    import time
-
     start = time.perf_counter()
+    view_config = view_config or ViewsConfig()
     cache = FeatureCache(cache_dir, backbone)
-    paths = list(dict.fromkeys(Path(p) for p in paths))
-    digests, failures = _digests(paths)
-    todo = [(p, digests[p]) for p in paths if p in digests and digests[p] not in cache]
-    todo = list({digest: (path, digest) for path, digest in todo}.values())  # same bytes at two paths: once
-    extracted = _extract_missing(todo, backbone, cache, batch_size, num_workers, chunk_size, failures, progress)
-    good = [p for p in paths if p not in failures]
-    features = cache.get([digests[p] for p in good]) if good else np.zeros((0, backbone.num_features), np.float32)
-    return FeatureSet(good, features, failures, extracted, time.perf_counter() - start)
+    view_of = dict(zip((Path(p) for p in paths), views or [""] * len(paths), strict=True))
+    digests, failures = _digests(list(view_of))
+    items = [_Item(p, v, params_key(v, view_config), digests[p]) for p, v in view_of.items() if p in digests]
+    todo = list({item.row_key: item for item in items if item.row_key not in cache}.values())
+    stores = {key: decision_store(cache_dir, key) for key in {item.view_key for item in items} if key}
+    extracted = _extract_missing(todo, backbone, cache, stores, view_config,
+                                 (batch_size, num_workers, chunk_size), failures, progress)
+    good = [item for item in items if item.path not in failures]
+    features = cache.get([item.row_key for item in good]) if good else np.zeros((0, backbone.num_features), np.float32)
+    fallbacks = _count_fallbacks(good, stores)
+    return FeatureSet([i.path for i in good], features, failures, extracted, time.perf_counter() - start, fallbacks)
 
 
 def _digests(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
@@ -172,32 +217,66 @@ def _digests(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
     return digests, failures
 
 
-def _extract_missing(todo, backbone, cache, batch_size, num_workers, chunk_size, failures, progress) -> int:
+def _count_fallbacks(items: Sequence[_Item], stores: dict[str, ChunkStore]) -> Counter:
+    counts: Counter = Counter()
+    for item in items:
+        store = stores.get(item.view_key)
+        if store is not None and item.digest in store and Decision.from_row(store.get([item.digest])[0]).fallback:
+            counts[item.view] += 1
+    return counts
+
+
+def _extract_missing(todo, backbone, cache, stores, view_config, sizes, failures, progress) -> int:
+    batch_size, num_workers, chunk_size = sizes
     if progress:
         progress(0, len(todo))
     if not todo:
         return 0
-    dataset = _DecodeDataset([path for path, _ in todo], backbone.transform(), backbone.data_config["input_size"])
+    known = [stores[i.view_key].get([i.digest])[0] if i.view_key and i.digest in stores[i.view_key] else None
+             for i in todo]
+    dataset = _DecodeDataset(todo, known, view_config, backbone.transform(), backbone.data_config["input_size"])
     workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False)
-    pending_keys: list[str] = []
-    pending_rows: list[np.ndarray] = []
+    pending = _Pending()
     extracted = 0
     with torch.inference_mode():
-        for indices, images, errors in loader:
+        for indices, images, errors, decisions in loader:
             ok = [i for i, error in enumerate(errors) if not error]
             for i, error in zip(indices.tolist(), errors, strict=True):
                 if error:
-                    failures[todo[i][0]] = error
+                    failures[todo[i].path] = error
             if ok:
                 rows = backbone(images[ok] if len(ok) < len(errors) else images).float().numpy()
-                pending_keys.extend(todo[int(indices[i])][1] for i in ok)
-                pending_rows.append(rows)
+                for position, row in zip(ok, rows, strict=True):
+                    item = todo[int(indices[position])]
+                    pending.add(item, row, decisions[position].numpy(), known[int(indices[position])] is None)
                 extracted += len(ok)
-            if len(pending_keys) >= chunk_size:
-                cache.add(pending_keys, np.concatenate(pending_rows))
-                pending_keys, pending_rows = [], []
+            if len(pending.feature_keys) >= chunk_size:
+                pending.flush(cache, stores)
             if progress:
                 progress(int(indices[-1]) + 1, len(todo))
-    cache.add(pending_keys, np.concatenate(pending_rows) if pending_rows else np.zeros((0, 0)))
+    pending.flush(cache, stores)
     return extracted
+
+
+class _Pending:
+    """Rows waiting to be written as one chunk: features, and the preprocessing decisions computed for them."""
+
+    def __init__(self):
+        self.feature_keys: list[str] = []
+        self.feature_rows: list[np.ndarray] = []
+        self.decisions: dict[str, dict[str, np.ndarray]] = {}
+
+    def add(self, item: _Item, row: np.ndarray, decision: np.ndarray, is_new_decision: bool) -> None:
+        self.feature_keys.append(item.row_key)
+        self.feature_rows.append(row)
+        if item.view_key and is_new_decision:
+            self.decisions.setdefault(item.view_key, {})[item.digest] = decision
+
+    def flush(self, cache: FeatureCache, stores: dict[str, ChunkStore]) -> None:
+        # decisions first: a feature row must never be visible without the decision that produced it
+        for view_key, rows in self.decisions.items():
+            stores[view_key].add(list(rows), np.stack(list(rows.values())))
+        if self.feature_keys:
+            cache.add(self.feature_keys, np.stack(self.feature_rows))
+        self.__init__()

@@ -63,6 +63,13 @@ class Manifest:
         dropped = set(paths)
         return Manifest([r for r in self.records if r.path not in dropped], self.source, self.problems)
 
+    def with_default_view(self, view: str | None) -> Manifest:
+        """Give ``view`` to every image that has none (e.g. LeafScan for a folder of leaf scans)."""
+        if not view:
+            return self
+        records = [r if r.view else dataclasses.replace(r, view=view) for r in self.records]
+        return Manifest(records, self.source, self.problems)
+
     @property
     def splits(self) -> list[str]:
         return sorted({record.split for record in self.records})

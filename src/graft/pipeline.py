@@ -58,21 +58,31 @@ class Classifier:
     labels: list[str]
     config: GraftConfig
 
-    def features(self, paths: Sequence[Path], progress: bool = False) -> FeatureSet:
+    def features(self, paths: Sequence[Path], views: Sequence[str] | None = None, progress: bool = False) -> FeatureSet:
         settings = self.config.features
         with _progress_bar("Extracting features", progress) as report:
             return extract_features(
                 paths, self.backbone, settings.cache_dir, settings.batch_size, settings.num_workers,
-                settings.chunk_size, report,
+                settings.chunk_size, report, views, self.config.views,
             )
+
+    def manifest_features(self, manifest: Manifest, progress: bool = False) -> FeatureSet:
+        return self.features([r.path for r in manifest], [r.view for r in manifest], progress)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return softmax(predict_logits(self.head, features))
 
-    def identify(self, paths: Sequence[str | Path], fusion: str | None = None, top: int | None = None) -> Identification:
-        """Rank the labels for one observation photographed in ``paths`` (bad images are skipped and reported)."""
+    def identify(
+        self, paths: Sequence[str | Path], views: Sequence[str] | None = None, fusion: str | None = None,
+        top: int | None = None,
+    ) -> Identification:
+        """Rank the labels for one observation photographed in ``paths`` (``views``: Flower, Leaf, ... per photo).
+
+        Bad images are skipped and reported in ``failures``.
+        """
         fusion = fusion or self.config.predict.fusion
-        feature_set = self.features([Path(p) for p in paths])
+        views = list(views) if views else [self.config.data.default_view or ""] * len(paths)
+        feature_set = self.features([Path(p) for p in paths], views)
         failures = {str(path): reason for path, reason in feature_set.failures.items()}
         if not feature_set.paths:
             return Identification([], {}, fusion, failures)
@@ -94,6 +104,7 @@ def prepare_manifest(data: str | Path | Manifest, config: GraftConfig) -> tuple[
     """Read and split the data; stop before any work if it cannot be trained on."""
     is_manifest = isinstance(data, Manifest)
     manifest = data if is_manifest else load_manifest(data, config.data.format, config.data.columns)
+    manifest = manifest.with_default_view(config.data.default_view)
     manifest = assign_splits(manifest, config.data.val_fraction, config.data.seed)
     return manifest, check_trainable(manifest)
 
@@ -113,7 +124,7 @@ def fit(
     backbone = create_backbone(**config.backbone.model_dump())
     out.mkdir(parents=True, exist_ok=True)
     classifier = Classifier(backbone, nn.Identity(), [], config)
-    feature_set = classifier.features([r.path for r in manifest], progress)
+    feature_set = classifier.manifest_features(manifest, progress)
     manifest = manifest.without(feature_set.failures)
     warnings += check_trainable(manifest)
     classifier.labels = sorted({r.label for r in manifest.where("train")})
@@ -129,7 +140,7 @@ def fit(
     results = score(classifier, evaluated.records, feature_set.rows_for([r.path for r in evaluated]))
     results |= {
         "evaluated_on": split,
-        "images_per_second": measure_throughput(classifier, [r.path for r in evaluated]),
+        "images_per_second": measure_throughput(classifier, evaluated),
         "backbone": backbone.name,
         "features_extracted": feature_set.extracted,
         "extraction_seconds": round(feature_set.seconds, 3),
@@ -140,6 +151,8 @@ def fit(
         "n_train_images": len(manifest.where("train")),
         "n_val_images": len(manifest.where("val")),
         "skipped_images": len(feature_set.failures),
+        "views_preprocessed": config.views.enabled,
+        "view_fallbacks": dict(feature_set.view_fallbacks),
     }
     problems = manifest.problems + sorted(feature_set.failures.values())
     _write_run(out, classifier, manifest, results, problems, head_fit)
@@ -179,16 +192,18 @@ def score(classifier: Classifier, records: Sequence[ImageRecord], features: np.n
     }
 
 
-def measure_throughput(classifier: Classifier, paths: Sequence[Path]) -> float:
-    """Images/s of the whole uncached path (read, decode, resize, backbone, head) on a sample of ``paths``."""
-    sample = list(paths)[:THROUGHPUT_SAMPLE]
+def measure_throughput(classifier: Classifier, part: Manifest) -> float:
+    """Images/s of the whole uncached path (read, decode, per-view preprocessing, resize, backbone, head)."""
+    sample = part.records[:THROUGHPUT_SAMPLE]
     if not sample:
         return float("nan")
     with tempfile.TemporaryDirectory() as empty_cache:
         start = time.perf_counter()
         settings = classifier.config.features
-        feature_set = extract_features(sample, classifier.backbone, empty_cache, settings.batch_size,
-                                       settings.num_workers, settings.chunk_size)
+        feature_set = extract_features(
+            [r.path for r in sample], classifier.backbone, empty_cache, settings.batch_size, settings.num_workers,
+            settings.chunk_size, views=[r.view for r in sample], view_config=classifier.config.views,
+        )
         classifier.predict_proba(feature_set.features)
         return round(len(sample) / (time.perf_counter() - start), 2)
 
@@ -236,14 +251,14 @@ def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False) -> d
     """Score a run on a dataset: its test part when it names one, otherwise every image."""
     classifier = load_run(run_dir)
     config = classifier.config
-    manifest = load_manifest(data, config.data.format, config.data.columns)
+    manifest = load_manifest(data, config.data.format, config.data.columns).with_default_view(config.data.default_view)
     part = manifest.where("test") if manifest.where("test").records else manifest
-    feature_set = classifier.features([r.path for r in part], progress)
+    feature_set = classifier.manifest_features(part, progress)
     part = part.without(feature_set.failures)
     results = score(classifier, part.records, feature_set.rows_for([r.path for r in part]))
     results |= {
         "evaluated_on": "test" if part.records and part.records[0].split == "test" else "all",
-        "images_per_second": measure_throughput(classifier, [r.path for r in part]),
+        "images_per_second": measure_throughput(classifier, part),
         "skipped_images": len(feature_set.failures),
         "data": str(data),
     }
