@@ -29,7 +29,16 @@ def test_dark_disc_on_light_background_is_boxed(view):
 def test_stem_cuts_a_fifth_from_every_side_first():
     decision = decide(disc_image(box=(200, 70, 280, 130)), "Stem", ON)  # straddles the cut at x = 240
     assert not decision.fallback
-    assert decision.box[0] >= 195 and decision.box[2] <= 240  # the box never leaves the central 3/5
+    left, top, right, bottom = decision.box
+    assert 60 <= left <= 200 and right <= 240 and top >= 40 and bottom <= 160  # never outside the central 3/5
+
+
+def test_box_is_squared_around_a_thin_subject_so_the_centre_crop_keeps_it():
+    decision = decide(disc_image(box=(140, 20, 160, 180)), "Flower", ON)  # tall and thin
+    left, top, right, bottom = decision.box
+    assert abs((right - left) - (bottom - top)) <= 2 and left <= 140 and right >= 160
+    unsquared = decide(disc_image(box=(140, 20, 160, 180)), "Flower", ON.model_copy(update={"square": False}))
+    assert unsquared.box[2] - unsquared.box[0] < 40
 
 
 def test_blank_image_falls_back_to_uncropped():

@@ -80,6 +80,9 @@ class ViewsConfig(_Section):
     iterations: int = Field(40, ge=1, description="Morphological Chan-Vese iterations.")
     smoothing: int = Field(2, ge=0, le=4)
     margin: float = Field(0.05, ge=0, lt=0.5, description="Box grown by this fraction of its size on every side.")
+    square: bool = Field(
+        True, description="Grow the box to a square around the subject, so the backbone's centre crop keeps all of it."
+    )
     min_box_fraction: float = Field(0.02, gt=0, lt=1, description="A smaller box is not trusted: uncropped instead.")
     max_box_fraction: float = Field(0.98, gt=0, le=1, description="A box this large found nothing: uncropped.")
     converge_change: float = Field(

@@ -45,8 +45,8 @@ METHODS = {
     "stem": ("contour", "stem_cut", "stem_sigma", True),
     "leafscan": ("whiten", None, None, False),
 }
-CONTOUR_SETTINGS = ("work_size", "iterations", "smoothing", "margin", "min_box_fraction", "max_box_fraction",
-                    "converge_change")
+CONTOUR_SETTINGS = ("work_size", "iterations", "smoothing", "margin", "square", "min_box_fraction",
+                    "max_box_fraction", "converge_change")
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def _contour_decision(rgb: np.ndarray, cut: float, sigma: float, blur_first: boo
     if fraction > config.max_box_fraction:
         return Decision("crop", fallback="whole")
     region_size = (region.shape[1], region.shape[0])
-    return Decision("crop", _to_original(box, scale, (left, top), config.margin, region_size))
+    return Decision("crop", _to_original(box, scale, (left, top), config.margin, region_size, config.square))
 
 
 def _chan_vese(gray: np.ndarray, config: ViewsConfig) -> tuple[np.ndarray, float]:
@@ -189,10 +189,22 @@ def _subject_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return left, top, right, bottom
 
 
-def _to_original(box, scale, offset, margin, region_size) -> tuple[int, int, int, int]:
-    """Scale a work-size box back up, grow it by ``margin``, keep it inside the region left after the cut."""
+def _to_original(box, scale, offset, margin, region_size, square) -> tuple[int, int, int, int]:
+    """Scale a work-size box back up, grow it by ``margin`` (and to a square), keep it inside the cut region."""
     x0, y0, x1, y1 = (value / scale for value in box)
     grow_x, grow_y = (x1 - x0) * margin, (y1 - y0) * margin
+    x0, y0, x1, y1 = x0 - grow_x, y0 - grow_y, x1 + grow_x, y1 + grow_y
     (left, top), (width, height) = offset, region_size
-    return (max(0, int(x0 - grow_x)) + left, max(0, int(y0 - grow_y)) + top,
-            min(width, int(np.ceil(x1 + grow_x))) + left, min(height, int(np.ceil(y1 + grow_y))) + top)
+    if square:
+        side = min(max(x1 - x0, y1 - y0), width, height)
+        x0, x1 = _centred_span(x0, x1, side, width)
+        y0, y1 = _centred_span(y0, y1, side, height)
+    return (max(0, int(x0)) + left, max(0, int(y0)) + top,
+            min(width, int(np.ceil(x1))) + left, min(height, int(np.ceil(y1))) + top)
+
+
+def _centred_span(start: float, end: float, length: float, limit: float) -> tuple[float, float]:
+    """A span of ``length`` centred on [start, end], shifted to stay within [0, limit]."""
+    centre = (start + end) / 2
+    start = min(max(0.0, centre - length / 2), limit - length)
+    return start, start + length
