@@ -33,10 +33,11 @@ def cost(data: Path, per_view: int, default_view: str | None) -> None:
         images = [load_rgb(r.path) for r in records]
         decode = (time.perf_counter() - decode) / len(images) * 1000
         start = time.perf_counter()
-        fallbacks = sum(bool(decide(image, view, config).fallback) for image in images)
-        for image in images:
-            apply(image, decide(image, view, config))
-        per_image = (time.perf_counter() - start) / (2 * len(images)) * 1000  # decide runs twice above
+        decisions = [decide(image, view, config) for image in images]
+        for image, decision in zip(images, decisions, strict=True):
+            apply(image, decision)
+        per_image = (time.perf_counter() - start) / len(images) * 1000
+        fallbacks = sum(bool(decision.fallback) for decision in decisions)
         print(f"  {view:10s} decode {decode:6.1f} ms   preprocessing {per_image:6.1f} ms   "
               f"fallbacks {fallbacks}/{len(images)}")
 
