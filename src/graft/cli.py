@@ -123,6 +123,46 @@ def _print_run(result) -> None:
 
 
 @app.command()
+def finetune(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `graft fit` (its head is the start).")],
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
+    lr: Annotated[float | None, typer.Option(help="SGD learning rate (low: adjust, not overwrite).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning from its last checkpoint.")] = False,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step (per device).")] = None,
+    train_blocks: Annotated[int | None, typer.Option(help="Train only the top N backbone stages.")] = None,
+    backbone_lr_scale: Annotated[float | None, typer.Option(help="Backbone LR = lr x this.")] = None,
+    freeze_bn: Annotated[bool | None, typer.Option("--freeze-bn/--train-bn", help="BatchNorm in inference mode.")] = None,
+    min_vote: Annotated[float | None, typer.Option(help="Drop training images whose vote is below this.")] = None,
+    class_weights: Annotated[str | None, typer.Option(help="none, auto, or a CSV/JSON label->weight file.")] = None,
+    precision: Annotated[str | None, typer.Option(help="32-true or bf16-mixed.")] = None,
+    channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers for decoding and augmentation.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Processes (DDP) on this node.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes (torchrun / SLURM set the rest).")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Default: bar on a terminal.")] = None,
+) -> None:
+    """Put the head on the backbone and train the whole network (SGD, low LR); keep it only if it beats head-only."""
+    from graft.finetune_run import finetune as finetune_run
+
+    overrides = {
+        "finetune.epochs": epochs, "finetune.lr": lr, "finetune.batch_size": batch_size,
+        "finetune.train_blocks": train_blocks, "finetune.backbone_lr_scale": backbone_lr_scale,
+        "finetune.freeze_bn": freeze_bn, "finetune.min_vote": min_vote, "head.class_weights": class_weights,
+        "finetune.precision": precision, "finetune.channels_last": channels_last, "finetune.num_workers": workers,
+        "finetune.devices": devices, "finetune.num_nodes": num_nodes,
+    }
+    result = finetune_run(run, overrides, resume=resume, progress=progress)
+    if result is None:  # a non-zero DDP rank
+        return
+    if result.interrupted:
+        error_console.print(f"interrupted after epoch {result.epochs}; continue with --resume", highlight=False)
+        raise typer.Exit(1)
+    console.print(Markdown((run / "results.md").read_text()))
+    console.print(f"kept [bold]{result.kept}[/]; {result.epochs} epochs in {result.seconds:.0f}s; "
+                  f"curves in {run}/curves.png")
+
+
+@app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by `graft fit`.")],
     data: DataArg,

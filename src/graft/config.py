@@ -62,7 +62,7 @@ class HeadConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
-    class_weights: Literal["none", "auto"] = "none"
+    class_weights: str = Field("none", description="none, auto (inverse frequency) or a CSV/JSON file label->weight.")
     seed: int = 0
 
 
@@ -90,6 +90,44 @@ class ViewsConfig(_Section):
     )
 
 
+class AugmentConfig(_Section):
+    """The seed's scheme: with probability ``p`` apply exactly ONE group, chosen at random; otherwise the real image."""
+
+    p: float = Field(0.8, ge=0.0, le=1.0)
+    groups: list[Literal["hflip", "rotate", "zoom", "contrast", "brightness", "noise"]] = Field(
+        default_factory=lambda: ["hflip", "rotate", "zoom", "contrast", "brightness", "noise"]
+    )
+    weights: list[float] | None = Field(None, description="Relative chance of each group; None = equal.")
+    rotate_degrees: float = Field(15.0, ge=0)
+    zoom: float = Field(1.25, ge=1.0, description="Maximum zoom-in factor.")
+    contrast: float = Field(0.3, ge=0)
+    brightness: float = Field(0.3, ge=0)
+    noise_sigma: float = Field(0.03, ge=0, description="Gaussian noise std on [0, 1] pixels.")
+
+
+class FineTuneConfig(_Section):
+    """Stage 4: the head on the backbone, the whole network trained further with SGD at a low learning rate."""
+
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    backbone_lr_scale: float = Field(1.0, gt=0, description="Backbone LR = lr x this (e.g. 0.1 to move it less).")
+    train_blocks: int | None = Field(None, ge=0, description="Train only the top N backbone stages; None = all.")
+    freeze_bn: bool = Field(True, description="Keep BatchNorm in inference mode (Keras' transfer-learning advice).")
+    batch_size: int = Field(16, ge=1)
+    patience: int = Field(3, ge=1, description="Early stopping patience on validation loss.")
+    plateau_patience: int = Field(1, ge=0)
+    plateau_factor: float = Field(0.1, gt=0, lt=1)
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    channels_last: bool = False
+    num_workers: int | None = Field(None, ge=0)
+    min_vote: float | None = Field(None, description="Drop training images whose vote is below this.")
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
 class PredictConfig(_Section):
     fusion: FusionRule = "mean"
     top_k: int = Field(5, ge=1)
@@ -101,6 +139,7 @@ class GraftConfig(_Section):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     views: ViewsConfig = Field(default_factory=ViewsConfig)
+    finetune: FineTuneConfig = Field(default_factory=FineTuneConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
 
     @classmethod

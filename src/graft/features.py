@@ -280,3 +280,21 @@ class _Pending:
         if self.feature_keys:
             cache.add(self.feature_keys, np.stack(self.feature_rows))
         self.__init__()
+
+
+class ViewPreparer:
+    """Per-view preprocessing for training images, reusing the cached decisions (picklable for DataLoader workers)."""
+
+    def __init__(self, view_config: ViewsConfig, cache_dir: str | Path | None):
+        self.view_config, self.cache_dir = view_config, cache_dir
+        self._stores: dict[str, ChunkStore] = {}
+
+    def __call__(self, image, record):
+        key = params_key(record.view, self.view_config)
+        if not key:
+            return image
+        store = self._stores.get(key) or self._stores.setdefault(key, decision_store(self.cache_dir, key))
+        digest = file_digest(record.path)
+        if digest in store:
+            return apply(image, Decision.from_row(store.get([digest])[0]))
+        return apply(image, decide(image, record.view, self.view_config))

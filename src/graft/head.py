@@ -6,6 +6,7 @@ epoch. On cached features this takes seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from graft.config import HeadConfig
+from graft.errors import ConfigError
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -57,6 +59,29 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, len(labels) / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def resolve_class_weights(setting: str, labels: list[str], train_labels: np.ndarray) -> torch.Tensor | None:
+    """``none``, ``auto`` (inverse frequency) or a CSV (``label,weight`` rows) / JSON (``{label: weight}``) file.
+
+    Labels missing from a file get weight 1; a label the model does not know is an error naming it.
+    """
+    if setting == "none":
+        return None
+    if setting == "auto":
+        return class_weights(train_labels, len(labels))
+    path = Path(setting)
+    if not path.is_file():
+        raise ConfigError(f"class weights {setting!r}: expected none, auto, or an existing .csv/.json file")
+    if path.suffix.lower() == ".json":
+        given = {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+    else:
+        rows = [line.split(",") for line in path.read_text().splitlines() if line.strip()]
+        given = {row[0].strip(): float(row[1]) for row in rows if row[0].strip() != "label"}
+    unknown = sorted(set(given) - set(labels))
+    if unknown:
+        raise ConfigError(f"{path}: unknown label(s) {unknown[:5]}; the run's labels are in labels.json")
+    return torch.tensor([given.get(label, 1.0) for label in labels], dtype=torch.float32)
 
 
 class HeadModule(L.LightningModule):
@@ -106,17 +131,18 @@ def fit_head(
     log_dir: Path,
     progress: bool = False,
     refit: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> HeadFit:
     """Train a head on (features, label indices) pairs; return it with the best validation-loss weights restored.
 
     With ``refit``, a fresh head is then trained on train+val for ``max(best epoch, min_epochs)`` epochs: the
     validation part chose the length of training, and then also teaches the model (only sound when the
-    evaluation uses a separate test part).
+    evaluation uses a separate test part). ``weights``: per-class loss weights (see ``resolve_class_weights``).
     """
     import time
 
     start = time.perf_counter()
-    module = _module(train, num_classes, config)
+    module = _module(train, num_classes, config, weights)
     checkpoint = ModelCheckpoint(dirpath=log_dir / "checkpoints", filename="head-best", monitor="val_loss")
     callbacks = [checkpoint, EarlyStopping(monitor="val_loss", patience=config.patience)]
     trainer = _train(module, train, val, config.epochs, config, log_dir, "head", callbacks, progress)
@@ -126,7 +152,7 @@ def fit_head(
     if refit:
         refit_epochs = max(best_epoch + 1, config.min_epochs)
         both = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
-        module = _module(both, num_classes, config)
+        module = _module(both, num_classes, config, weights)
         _train(module, both, None, refit_epochs, config, log_dir, "head-refit", [], progress)
     module.head.eval()
     seconds = time.perf_counter() - start
@@ -134,11 +160,11 @@ def fit_head(
     return HeadFit(module.head, csv_path, best_epoch, trainer.current_epoch, seconds, refit_epochs)
 
 
-def _module(train: tuple[np.ndarray, np.ndarray], num_classes: int, config: HeadConfig) -> HeadModule:
+def _module(train: tuple[np.ndarray, np.ndarray], num_classes: int, config: HeadConfig,
+            weights: torch.Tensor | None) -> HeadModule:
     L.seed_everything(config.seed, verbose=False)
     head = build_head(train[0].shape[1], num_classes, config)
     head[0].fit(torch.as_tensor(train[0], dtype=torch.float32))
-    weights = class_weights(train[1], num_classes) if config.class_weights == "auto" else None
     return HeadModule(head, config, weights)
 
 

@@ -29,7 +29,7 @@ from graft.config import GraftConfig
 from graft.errors import RunError
 from graft.features import FeatureSet, extract_features
 from graft.files import atomic_write, atomic_write_text
-from graft.head import build_head, fit_head, predict_logits
+from graft.head import build_head, fit_head, predict_logits, resolve_class_weights
 from graft.manifest import ImageRecord, Manifest, load_manifest
 from graft.metrics import lifeclef_score, top_k, true_label_ranks
 from graft.predict import fuse_observations, ranked, softmax
@@ -128,11 +128,11 @@ def fit(
     manifest = manifest.without(feature_set.failures)
     warnings += check_trainable(manifest)
     classifier.labels = sorted({r.label for r in manifest.where("train")})
+    train = _arrays(manifest.where("train"), feature_set, classifier.labels)
     head_fit = fit_head(
-        _arrays(manifest.where("train"), feature_set, classifier.labels),
-        _arrays(manifest.where("val"), feature_set, classifier.labels),
-        len(classifier.labels), config.head, out, progress,
-        refit=config.head.refit and bool(manifest.where("test").records),
+        train, _arrays(manifest.where("val"), feature_set, classifier.labels), len(classifier.labels), config.head,
+        out, progress, refit=config.head.refit and bool(manifest.where("test").records),
+        weights=resolve_class_weights(config.head.class_weights, classifier.labels, train[1]),
     )
     classifier.head = head_fit.head
     split = "test" if manifest.where("test").records else "val"
@@ -217,7 +217,7 @@ def _write_run(out: Path, classifier: Classifier, manifest: Manifest, results: d
     manifest.write_csv(out / "manifest.csv")
     atomic_write_text(out / "problems.txt", "".join(f"{line}\n" for line in problems))
     history = merge_epoch_rows(head_fit.metrics_csv, out / "history.csv")
-    plot_curves(history, out / "curves.png", f"head on {classifier.backbone.name} features", head_fit.best_epoch)
+    plot_curves([("head", history, head_fit.best_epoch)], out / "curves.png", f"{classifier.backbone.name} + head")
     write_results_json(out / "results.json", results)
     note = f"Evaluated on the {results['evaluated_on']} split; observation fusion: {results['fusion']}.\n\n"
     table = results_table([(f"{classifier.backbone.name} + head", results)])
@@ -233,7 +233,10 @@ def load_run(run_dir: str | Path) -> Classifier:
         raise RunError(f"{run_dir}: not a complete graft run (missing {', '.join(missing)}); run `graft fit` first")
     config = GraftConfig.from_yaml(run_dir / "config.yaml")
     labels = json.loads((run_dir / "labels.json").read_text())
-    backbone = create_backbone(**config.backbone.model_dump())
+    settings = config.backbone.model_dump()
+    if settings["weights"] and not Path(settings["weights"]).is_absolute():  # fine-tuned weights live in the run
+        settings["weights"] = str(run_dir / settings["weights"])
+    backbone = create_backbone(**settings)
     expected = json.loads((run_dir / "backbone.json").read_text())["identity"]
     if backbone.identity != expected:
         raise RunError(
