@@ -125,6 +125,7 @@ class FineTuneConfig(_Section):
     min_vote: float | None = Field(None, description="Drop training images whose vote is below this.")
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)
+    seed: int = 0
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 

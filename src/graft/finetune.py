@@ -90,7 +90,7 @@ class FineTuneModule(L.LightningModule):
         self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if config.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-
+        self.train()  # Lightning keeps the modes it finds; these modules come from an eval-mode run
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -147,16 +147,21 @@ class FineTuneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
     # Lightning restores optimizer, scheduler and loop state; the random streams are ours to keep.
+    # (plain tensors and tuples only, so Lightning's weights_only checkpoint loading accepts them)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["graft_rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                   "python": random.getstate()}
+        name, keys, position, has_gauss, gauss = np.random.get_state()
+        checkpoint["graft_rng"] = {
+            "torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("graft_rng")
         if state:
             torch.set_rng_state(state["torch"])
-            np.random.set_state(state["numpy"])
             random.setstate(state["python"])
+            name, keys, position, has_gauss, gauss = state["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
 
 
 def freeze_lower_stages(backbone: nn.Module, train_blocks: int | None) -> int:

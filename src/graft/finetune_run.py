@@ -57,8 +57,8 @@ class FineTuneResult:
 class EpochLines(Callback):
     """One plain line per epoch when output is not a terminal (logs, CI), instead of a progress bar."""
 
-    def on_validation_epoch_end(self, trainer, module):
-        if trainer.is_global_zero and not trainer.sanity_checking:
+    def on_train_epoch_end(self, trainer, module):  # validation of this epoch has run and logged by now
+        if trainer.is_global_zero:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_S", "val_top1")
                              if k in metrics)
@@ -85,6 +85,7 @@ def finetune(
     manifest = read_csv(run_dir / "manifest.csv")
     train, val = _training_records(manifest, settings.min_vote), manifest.where("val").records
     label_index = {label: i for i, label in enumerate(classifier.labels)}
+    L.seed_everything(settings.seed, workers=True, verbose=False)  # a resume then restores the saved streams
     module = _module(classifier, config, train, val, label_index)
     trainer = _trainer(run_dir, config, progress, list(callbacks))
     last = run_dir / "finetune" / "checkpoints" / "last.ckpt"
@@ -135,9 +136,11 @@ def _loaders(classifier: Classifier, config: GraftConfig, train, val, label_inde
 def _trainer(run_dir: Path, config: GraftConfig, progress: bool | None, extra: list[Callback]) -> L.Trainer:
     settings = config.finetune
     bar = sys.stdout.isatty() if progress is None else progress
+    checkpoints = run_dir / "finetune" / "checkpoints"
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "finetune" / "checkpoints", filename="best", monitor="val_loss",
-                        save_last=True, enable_version_counter=False),
+        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_loss", enable_version_counter=False),
+        # save_last=True would refresh last.ckpt only when "best" improves; resuming needs every epoch
+        ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, enable_version_counter=False),
         EarlyStopping(monitor="val_loss", patience=settings.patience),
         LearningRateMonitor(logging_interval="epoch"),
         *([] if bar else [EpochLines()]),
@@ -192,7 +195,8 @@ def _save_finetuned(run_dir: Path, tuned: Classifier, config: GraftConfig) -> No
     atomic_write(run_dir / "head.safetensors", lambda handle: handle.write(save(head_state)))
     saved = config.updated({"backbone.weights": BACKBONE_FILE})
     atomic_write_text(run_dir / "config.yaml", saved.to_yaml())
-    atomic_write_text(run_dir / "backbone.json", json.dumps(tuned.backbone.describe(), indent=2, default=str) + "\n")
+    described = tuned.backbone.describe() | {"identity": weights_identity(tuned.backbone.model)}  # what was saved
+    atomic_write_text(run_dir / "backbone.json", json.dumps(described, indent=2, default=str) + "\n")
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:

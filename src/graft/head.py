@@ -199,6 +199,8 @@ class _quiet_lightning:
         warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own deprecation noise
         warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")  # the refit trains without validation
+        warnings.filterwarnings("ignore", ".*in eval mode at the start of training.*")  # frozen BatchNorm, on purpose
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
 
     def __exit__(self, *exc):
         self._warnings.__exit__(*exc)

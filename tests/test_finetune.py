@@ -1,0 +1,162 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from conftest import COLOURS, make_image
+from graft.errors import ConfigError
+from graft.finetune_run import _save_finetuned, finetune
+from graft.head import resolve_class_weights
+from graft.pipeline import fit, load_run
+
+
+@pytest.fixture
+def run(folder_data, tiny_config, tmp_path):
+    config = tiny_config.updated({"finetune.batch_size": 6, "finetune.num_workers": 0})
+    fit(folder_data, tmp_path / "run", config)
+    return tmp_path / "run"
+
+
+def overrides(**extra):
+    return {"finetune.epochs": 2} | extra
+
+
+def test_zero_learning_rate_reproduces_head_only(run):
+    result = finetune(run, overrides(**{"finetune.lr": 1e-12}), progress=False)
+    for key in ("S", "top1", "image_top1"):
+        assert result.finetuned[key] == pytest.approx(result.head_only[key])
+    history = (run / "finetune-history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_S" in history[0] and "lr-SGD" in history[0]
+
+
+def test_batchnorm_stays_in_inference_mode_unless_asked(run):
+    before = load_run(run).backbone.model.bn1.running_mean.clone()
+
+    def tuned_running_mean(freeze: bool):
+        captured = {}
+
+        class Capture(Callback):
+            def on_train_end(self, trainer, module):
+                captured["mean"] = module.backbone.bn1.running_mean.clone()
+
+        finetune(run, overrides(**{"finetune.freeze_bn": freeze}), progress=False, callbacks=[Capture()])
+        return captured["mean"]
+
+    assert torch.equal(tuned_running_mean(True), before)
+    assert not torch.equal(tuned_running_mean(False), before)
+
+
+def test_train_only_top_blocks(run):
+    captured = {}
+
+    class Capture(Callback):
+        def on_train_end(self, trainer, module):
+            captured.update({k: v.clone() for k, v in module.backbone.state_dict().items()})
+
+    start = load_run(run).backbone.model.state_dict()
+    finetune(run, overrides(**{"finetune.train_blocks": 1, "finetune.lr": 0.1}), progress=False,
+             callbacks=[Capture()])
+    assert torch.equal(captured["conv_stem.weight"], start["conv_stem.weight"])  # frozen stem
+    last_stage = [k for k in start if k.startswith("blocks.") and k.endswith("weight") and "bn" not in k][-1]
+    assert not torch.equal(captured[last_stage], start[last_stage])
+
+
+def test_min_vote_drops_low_votes_and_keeps_unvoted(run):
+    manifest = (run / "manifest.csv").read_text().splitlines()
+    header, rows = manifest[0], manifest[1:]
+    rows = [r.replace(",,train", ",1,train", 1) if i % 2 == 0 else r for i, r in enumerate(rows)]
+    (run / "manifest.csv").write_text("\n".join([header, *rows]) + "\n")
+    seen = {}
+
+    class Count(Callback):
+        def on_train_start(self, trainer, module):
+            seen["n"] = len(trainer.train_dataloader.dataset)
+
+    finetune(run, overrides(**{"finetune.min_vote": 2, "finetune.epochs": 1}), progress=False, callbacks=[Count()])
+    voted_low = sum(",1,train" in r for r in rows)
+    assert voted_low > 0 and seen["n"] == 18 - voted_low
+
+
+def test_class_weights_from_file(tmp_path):
+    labels = ["a", "b", "c"]
+    (tmp_path / "w.json").write_text(json.dumps({"a": 2.0, "c": 0.5}))
+    assert resolve_class_weights(str(tmp_path / "w.json"), labels, np.array([0])).tolist() == [2.0, 1.0, 0.5]
+    (tmp_path / "w.csv").write_text("label,weight\nb,3\n")
+    assert resolve_class_weights(str(tmp_path / "w.csv"), labels, np.array([0])).tolist() == [1.0, 3.0, 1.0]
+    (tmp_path / "bad.json").write_text(json.dumps({"zebra": 1}))
+    with pytest.raises(ConfigError, match="zebra"):
+        resolve_class_weights(str(tmp_path / "bad.json"), labels, np.array([0]))
+
+
+class KillDuringEpoch(Callback):
+    """Simulates a kill in the middle of epoch ``epoch`` (0-based), after the previous epoch was checkpointed."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated kill")
+
+
+def final_weights(run):
+    return torch.load(run / "finetune" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def test_resume_continues_an_interrupted_run_exactly(run, tmp_path):
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    settings = overrides(**{"finetune.epochs": 3, "finetune.lr": 0.001, "finetune.patience": 10})
+    finetune(twin, settings, progress=False)  # uninterrupted
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        finetune(run, settings, progress=False, callbacks=[KillDuringEpoch(1)])
+    assert torch.load(run / "finetune" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    result = finetune(run, settings, resume=True, progress=False)
+    assert result.epochs == 3
+    for directory in (run, twin):  # last.ckpt holds the final epoch (0-based 2), whether or not it was the best
+        assert torch.load(directory / "finetune" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+    resumed, straight = final_weights(run), final_weights(twin)
+    worst = max(float((resumed[k].float() - straight[k].float()).abs().max()) for k in straight)
+    assert worst < 1e-4, worst  # float reductions may differ in the last bits; a lost RNG state or epoch would not
+
+
+def test_resume_without_checkpoint_says_so(run):
+    from graft.errors import RunError
+
+    with pytest.raises(RunError, match="nothing to resume"):
+        finetune(run, overrides(), resume=True, progress=False)
+
+
+def test_kept_finetuned_model_is_what_load_run_serves(run):
+    model = load_run(run)
+    with torch.no_grad():
+        model.backbone.model.conv_stem.weight.mul_(0.5)
+    _save_finetuned(run, model, model.config)
+    reloaded = load_run(run)
+    assert torch.equal(reloaded.backbone.model.conv_stem.weight, model.backbone.model.conv_stem.weight)
+    assert (run / "head-only.safetensors").is_file()
+
+
+def test_two_process_ddp_gathers_validation_once(tmp_path, tiny_config):
+    # 5 validation images over 2 ranks: the sampler pads to 6; metrics must count 5
+    for label, count in zip(COLOURS, (8, 8, 5), strict=True):
+        for i in range(count):
+            make_image(tmp_path / "data" / label / f"{i}.png", COLOURS[label], seed=hash((label, i)) % 2**32)
+    config = tiny_config.updated({"finetune.batch_size": 2, "finetune.num_workers": 0, "finetune.lr": 1e-12})
+    result = fit(tmp_path / "data", tmp_path / "run", config)
+    assert result.results["n_val_images"] == 5
+    command = [sys.executable, "-m", "graft", "finetune", str(tmp_path / "run"), "--devices", "2", "--epochs", "1",
+               "--no-progress"]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    header, row = (tmp_path / "run" / "finetune-history.csv").read_text().splitlines()[:2]
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert float(values["val_images"]) == 5
+    # with a zero learning rate the gathered metrics equal the single-process evaluation of the same model
+    assert float(values["val_S"]) == pytest.approx(result.results["S"])
