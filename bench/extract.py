@@ -47,11 +47,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--contiguous", action="store_true", help="NCHW instead of graft's default channels_last")
     args = parser.parse_args()
 
     candidates = sorted(p for p in args.data.rglob("*") if is_image_path(p))
     paths = list({file_digest(p): p for p in candidates}.values())[: args.images]  # distinct bytes: all extracted
-    backbone = create_backbone(args.backbone)
+    backbone = create_backbone(args.backbone, channels_last=not args.contiguous)
     transform = backbone.transform()
     tensors = torch.stack([transform(load_rgb(p)) for p in paths])
     batches = list(tensors.split(args.batch_size))
@@ -63,7 +64,8 @@ def main() -> None:
         pipes.append(pipeline(backbone, paths, args.batch_size, workers))
     raw, pipe = max(raws), max(pipes)
     print(f"backbone {args.backbone}, {len(paths)} images from {args.data.name}, batch {args.batch_size}, "
-          f"{workers} decode worker(s), torch threads {torch.get_num_threads()}, best of {args.repeats}")
+          f"{workers} decode worker(s), torch threads {torch.get_num_threads()}, best of {args.repeats}, "
+          f"{'contiguous' if args.contiguous else 'channels_last'}")
     print(f"raw forward      {raw:8.2f} img/s   (runs: {', '.join(f'{r:.1f}' for r in raws)})")
     print(f"graft pipeline   {pipe:8.2f} img/s   (runs: {', '.join(f'{p:.1f}' for p in pipes)})")
     print(f"ratio pipeline/raw = {pipe / raw:.3f}  (target >= 0.9)")

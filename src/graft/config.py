@@ -35,6 +35,9 @@ class BackboneConfig(_Section):
     weights: str | None = Field(None, description="Local .pth/.safetensors file; None = offline package or the hub.")
     pooling: Literal["avg", "max"] = "avg"
     pretrained: bool = Field(True, description="False = seeded random weights (tests, smoke runs).")
+    channels_last: bool = Field(
+        True, description="NHWC memory layout: 1.4-1.5x faster CPU inference here (bench/finetune.py, bench/extract.py)."
+    )
     image_size: int | None = Field(None, ge=16, description="Input resolution; None = the weights' own.")
 
 
@@ -120,7 +123,7 @@ class FineTuneConfig(_Section):
     plateau_patience: int = Field(1, ge=0)
     plateau_factor: float = Field(0.1, gt=0, lt=1)
     precision: Literal["32-true", "bf16-mixed"] = "32-true"
-    channels_last: bool = False
+    channels_last: bool = Field(True, description="NHWC: 1.58x fp32 training speed here; bf16 gave 1.17x.")
     num_workers: int | None = Field(None, ge=0)
     min_vote: float | None = Field(None, description="Drop training images whose vote is below this.")
     devices: int = Field(1, ge=1)

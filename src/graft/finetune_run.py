@@ -157,8 +157,11 @@ def _trainer(run_dir: Path, config: GraftConfig, progress: bool | None, extra: l
 
 def _keep_better(run_dir, classifier, module, config, manifest, history, best_epoch, epochs, seconds) -> FineTuneResult:
     backbone_model = module.backbone.to(memory_format=torch.contiguous_format).eval()
+    layout = classifier.backbone.channels_last
+    if layout:
+        backbone_model = backbone_model.to(memory_format=torch.channels_last)
     tuned_backbone = Backbone(classifier.backbone.name, backbone_model, classifier.backbone.pooling,
-                              weights_identity(backbone_model), classifier.backbone.data_config)
+                              weights_identity(backbone_model), classifier.backbone.data_config, layout)
     tuned = Classifier(tuned_backbone, module.head.eval(), classifier.labels, config)
     part = manifest.where("test") if manifest.where("test").records else manifest.where("val")
     feature_set = tuned.manifest_features(part)
