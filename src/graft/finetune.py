@@ -132,8 +132,10 @@ class FineTuneModule(L.LightningModule):
         known = labels != IGNORE
         picked = np.clip(probabilities[known, labels[known]], 1e-12, 1.0)
         self.log("val_loss", float(-np.log(picked).mean()) if known.any() else float("nan"), prog_bar=True)
-        for name, value in observation_metrics(probabilities, self.info, indices).items():
+        metrics = observation_metrics(probabilities, self.info, indices)
+        for name, value in metrics.items():
             self.log(name, value, prog_bar=name == "val_S")
+        self.log("val_acc", metrics["val_image_top1"])  # the same curve name as the head stage
 
     def configure_optimizers(self):
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]

@@ -87,11 +87,11 @@ def finetune(
     label_index = {label: i for i, label in enumerate(classifier.labels)}
     L.seed_everything(settings.seed, workers=True, verbose=False)  # a resume then restores the saved streams
     module = _module(classifier, config, train, val, label_index)
-    trainer = _trainer(run_dir, config, progress, list(callbacks))
     last = run_dir / "finetune" / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise RunError(f"{last} not found: nothing to resume; run `graft finetune {run_dir}` without --resume")
     with _quiet_lightning():
+        trainer = _trainer(run_dir, config, progress, list(callbacks))
         trainer.fit(module, *_loaders(classifier, config, train, val, label_index),
                     ckpt_path=str(last) if resume else None)
     if not trainer.is_global_zero:
