@@ -78,3 +78,16 @@ def test_incomplete_run_is_named(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(RunError, match="graft fit"):
         load_run(tmp_path / "run")
+
+
+def test_calibration_is_fitted_and_a_reject_threshold_answers_unknown(folder_data, tiny_config, tmp_path):
+    result = fit(folder_data, tmp_path / "run", tiny_config)
+    assert {"temperature", "ece_before", "ece_after", "coverage"} <= set(result.results)
+    model = load_run(tmp_path / "run")
+    assert model.temperature == pytest.approx(result.results["temperature"], abs=1e-4)
+    photos = sorted((folder_data / "green").glob("*.png"))[:2]
+    top = model.identify(photos).ranking[0][1]
+    model.config = model.config.updated({"predict.reject_threshold": (top + 1.0) / 2})  # just above the answer
+    assert model.identify(photos).unknown
+    model.config = model.config.updated({"predict.reject_threshold": top * 0.99})  # just below
+    assert not model.identify(photos).unknown

@@ -61,3 +61,25 @@ def training_transform(data_config: dict, config: AugmentConfig) -> v2.Compose:
         OneGroupAugment(build_groups(config), config.p, config.weights),
         v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"])),
     ])
+
+
+# Test-time views (seed 002): realistic, deterministic, ONE transform per view, on [0, 1] images.
+TTA_VIEWS = {
+    "hflip": lambda image: v2.functional.horizontal_flip(image),
+    "rotate": lambda image: v2.functional.rotate(image, 10.0, interpolation=v2.InterpolationMode.BILINEAR),
+    "zoom": lambda image: v2.functional.resize(
+        v2.functional.center_crop(image, [round(image.shape[-2] * 0.85), round(image.shape[-1] * 0.85)]),
+        list(image.shape[-2:]), interpolation=v2.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1),
+    "bright": lambda image: v2.functional.adjust_brightness(image, 1.2),
+    "contrast": lambda image: v2.functional.adjust_contrast(image, 1.2),
+}
+DEFAULT_TTA = ("hflip", "rotate", "zoom", "bright", "contrast")
+
+
+def tta_views(normalized: torch.Tensor, names, mean, std) -> torch.Tensor:
+    """Extra views of an already transformed (normalised) image: undo the normalisation, apply one transform each,
+    normalise again. Returns ``[len(names), C, H, W]``. The original is not included (it is the plain feature)."""
+    mean = torch.tensor(mean).view(-1, 1, 1)
+    std = torch.tensor(std).view(-1, 1, 1)
+    image = (normalized * std + mean).clamp(0, 1)
+    return torch.stack([(TTA_VIEWS[name](image) - mean) / std for name in names])

@@ -64,6 +64,12 @@ def _columns(pairs: list[str]) -> dict[str, str]:
     return mapping
 
 
+def _tta(enabled: bool | None) -> list[str] | None:
+    from graft.augment import DEFAULT_TTA
+
+    return None if enabled is None else (list(DEFAULT_TTA) if enabled else [])
+
+
 def load_config(path: Path | None, **overrides) -> GraftConfig:
     config = GraftConfig.from_yaml(path) if path else GraftConfig()
     return config.updated({key.replace("__", "."): value for key, value in overrides.items()})
@@ -90,6 +96,7 @@ def fit(
     data_format: Annotated[str | None, typer.Option("--format", help="auto, folder, csv or lifeclef.")] = None,
     column: Annotated[list[str], typer.Option(help="CSV column mapping FIELD=COLUMN, repeatable.")] = [],  # noqa: B006
     views: Annotated[bool | None, typer.Option("--views/--no-views", help="Per-view preprocessing (crops).")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Evaluate with 5 test-time views.")] = None,
     default_view: Annotated[str | None, typer.Option(help="View of images without one, e.g. LeafScan.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -102,7 +109,7 @@ def fit(
         head__epochs=epochs, head__hidden_layers=hidden_layers, head__width=width, head__dropout=dropout,
         head__class_weights=class_weights, predict__fusion=fusion, data__val_fraction=val_fraction,
         data__seed=seed, head__seed=seed, data__format=data_format, data__columns=_columns(column) or None,
-        views__enabled=views, data__default_view=default_view,
+        views__enabled=views, data__default_view=default_view, predict__tta=_tta(tta),
     )
     result = fit_run(data, out, settings, progress=not quiet)
     _print_run(result)
@@ -168,13 +175,15 @@ def evaluate(
     data: DataArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the results JSON here.")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average 5 test-time views per image.")] = None,
+    fusion: Annotated[str | None, typer.Option(help="mean, max, geometric or borda.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Score a run on a dataset (its test part if it names one, else every image)."""
     from graft.pipeline import evaluate as evaluate_run
     from graft.report import results_table, write_results_json
 
-    results = evaluate_run(run, data, progress=not (quiet or as_json))
+    results = evaluate_run(run, data, progress=not (quiet or as_json), tta=_tta(tta), fusion=fusion)
     if out:
         write_results_json(out, results)
     if as_json:
@@ -190,6 +199,8 @@ def predict(
     top: Annotated[int | None, typer.Option(help="How many labels to list.")] = None,
     fusion: Annotated[str | None, typer.Option(help="mean, max, geometric or borda.")] = None,
     view: Annotated[list[str], typer.Option(help="View of each photo in order (Flower, Leaf...), repeatable.")] = [],  # noqa: B006
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average 5 test-time views per image.")] = None,
+    reject_threshold: Annotated[float | None, typer.Option(help="Say 'unknown' below this top probability.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
@@ -197,15 +208,20 @@ def predict(
 
     if view and len(view) != len(images):
         raise ConfigError(f"--view given {len(view)} time(s) for {len(images)} image(s); give one per image or none")
-    answer = load_run(run).identify(images, views=view or None, fusion=fusion, top=top)
+    model = load_run(run)
+    model.config = model.config.updated({"predict.tta": _tta(tta), "predict.reject_threshold": reject_threshold})
+    answer = model.identify(images, views=view or None, fusion=fusion, top=top)
     if as_json:
-        print(json.dumps({"ranking": answer.ranking, "per_image": answer.per_image, "fusion": answer.fusion,
-                          "failures": answer.failures}, indent=2))
+        print(json.dumps({"ranking": answer.ranking, "unknown": answer.unknown, "per_image": answer.per_image,
+                          "fusion": answer.fusion, "failures": answer.failures}, indent=2))
         return
     for path, reason in answer.failures.items():
         error_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
     if not answer.ranking:
         raise GraftError("no readable image among the inputs; nothing to identify")
+    if answer.unknown:
+        console.print(f"[bold yellow]unknown[/]: top probability {answer.ranking[0][1]:.3f} is below "
+                      f"{model.config.predict.reject_threshold}; the closest labels were:")
     table = Table(title=f"{len(answer.per_image)} image(s), fusion: {answer.fusion}")
     table.add_column("rank", justify="right")
     table.add_column("label")

@@ -137,6 +137,13 @@ class FineTuneConfig(_Section):
 class PredictConfig(_Section):
     fusion: FusionRule = "mean"
     top_k: int = Field(5, ge=1)
+    tta: list[Literal["hflip", "rotate", "zoom", "bright", "contrast"]] = Field(
+        default_factory=list, description="Test-time views besides the original (seed: hflip rotate zoom bright contrast)."
+    )
+    calibrate: bool = Field(True, description="Temperature-scale probabilities (fitted on the validation split).")
+    reject_threshold: float | None = Field(
+        None, ge=0, le=1, description="Answer 'unknown' when the fused top probability is below this."
+    )
 
 
 class GraftConfig(_Section):

@@ -24,6 +24,7 @@ import torch
 from platformdirs import user_cache_dir
 from torch.utils.data import DataLoader, Dataset
 
+from graft.augment import tta_views
 from graft.backbones import Backbone
 from graft.config import ViewsConfig
 from graft.errors import ImageError
@@ -123,8 +124,10 @@ class FeatureSet:
     extracted: int = 0  # backbone forwards this call performed (0 when everything came from the cache)
     seconds: float = 0.0
     view_fallbacks: Counter = field(default_factory=Counter)  # view -> images used uncropped (subject not trusted)
+    tta: tuple[str, ...] = ()  # test-time views beyond the original, when requested
 
     def rows_for(self, paths: Sequence[Path]) -> np.ndarray:
+        """``[n, D]`` features, or ``[n, 1 + len(tta), D]`` (original first) when test-time views were requested."""
         position = {path: i for i, path in enumerate(self.paths)}
         return self.features[[position[p] for p in paths]]
 
@@ -143,28 +146,45 @@ class _Item:
             return self.digest
         return hashlib.sha256(f"{self.digest}:{self.view_key}".encode()).hexdigest()
 
+    def tta_key(self, name: str) -> str:
+        """Key of a test-time view's features; the original view ('') keeps the plain key, so caches are shared."""
+        return self.row_key if not name else hashlib.sha256(f"{self.row_key}:tta:{name}".encode()).hexdigest()
+
 
 class _DecodeDataset(Dataset):
     """Decode -> per-view preprocessing (a cached decision, or computed here in the worker) -> backbone transform."""
 
-    def __init__(self, items, known_decisions, view_config: ViewsConfig, transform, input_size):
+    def __init__(self, items, known_decisions, view_config: ViewsConfig, transform, data_config, needed):
         self.items, self.known, self.view_config = items, known_decisions, view_config
-        self.transform, self.input_size = transform, tuple(input_size)
+        self.transform, self.data_config, self.needed = transform, data_config, needed
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
-        item = self.items[index]
+        """(index, views [k, C, H, W] for the needed view names, error, decision row); decoded once."""
+        item, names = self.items[index], self.needed[index]
         try:
             image = load_rgb(item.path)
             known = self.known[index]
             decision = Decision.from_row(known) if known is not None else decide(image, item.view, self.view_config)
-            return index, self.transform(apply(image, decision)), "", decision.to_row()
+            original = self.transform(apply(image, decision))
+            extra = [name for name in names if name]
+            views = [original[None]] if "" in names else []
+            if extra:
+                views.append(tta_views(original, extra, self.data_config["mean"], self.data_config["std"]))
+            return index, torch.cat(views), "", decision.to_row()
         except ImageError as error:
-            return index, torch.zeros(self.input_size), str(error), Decision().to_row()
+            return index, torch.zeros(0, *self.data_config["input_size"]), str(error), Decision().to_row()
         except Exception as error:  # a transform failing on a strange image must not end the run
-            return index, torch.zeros(self.input_size), f"{item.path}: {error}", Decision().to_row()
+            return index, torch.zeros(0, *self.data_config["input_size"]), f"{item.path}: {error}", Decision().to_row()
+
+
+def _collate(batch):
+    """Images contribute different numbers of views: stack them all into one forward batch."""
+    indices, views, errors, decisions = zip(*batch, strict=True)
+    counts = [len(v) for v in views]
+    return list(indices), torch.cat(views), list(errors), torch.from_numpy(np.stack(decisions)), counts
 
 
 def default_workers() -> int:
@@ -185,11 +205,14 @@ def extract_features(
     progress: Callable[[int, int], None] | None = None,
     views: Sequence[str] | None = None,
     view_config: ViewsConfig | None = None,
+    tta: Sequence[str] = (),
 ) -> FeatureSet:
     """Features for ``paths``: cached rows are read, the rest extracted in batches and cached in chunks.
 
     ``views[i]`` is the view of ``paths[i]`` (Flower, Leaf, ...); with ``view_config.enabled`` each image is
-    preprocessed for its view first. ``progress(done, total)`` is called after each batch needing extraction.
+    preprocessed for its view first. ``tta`` names test-time views (see ``augment.TTA_VIEWS``): their features
+    are cached like any other and returned as ``[n, 1 + len(tta), D]``. ``progress(done, total)`` is called after
+    each batch needing extraction.
     """
     start = time.perf_counter()
     view_config = view_config or ViewsConfig()
@@ -197,14 +220,25 @@ def extract_features(
     view_of = dict(zip((Path(p) for p in paths), views or [""] * len(paths), strict=True))
     digests, failures = _digests(list(view_of))
     items = [_Item(p, v, params_key(v, view_config), digests[p]) for p, v in view_of.items() if p in digests]
-    todo = list({item.row_key: item for item in items if item.row_key not in cache}.values())
+    names = ("", *tta)
+    missing = {}
+    for item in items:
+        needed = [name for name in names if item.tta_key(name) not in cache]
+        if needed and item.row_key not in missing:
+            missing[item.row_key] = (item, needed)
     stores = {key: decision_store(cache_dir, key) for key in {item.view_key for item in items} if key}
-    extracted = _extract_missing(todo, backbone, cache, stores, view_config,
+    extracted = _extract_missing(list(missing.values()), backbone, cache, stores, view_config,
                                  (batch_size, num_workers, chunk_size), failures, progress)
     good = [item for item in items if item.path not in failures]
-    features = cache.get([item.row_key for item in good]) if good else np.zeros((0, backbone.num_features), np.float32)
+    if not good:
+        features = np.zeros((0, backbone.num_features), np.float32)
+    elif tta:
+        features = np.stack([cache.get([item.tta_key(name) for item in good]) for name in names], axis=1)
+    else:
+        features = cache.get([item.row_key for item in good])
     fallbacks = _count_fallbacks(good, stores)
-    return FeatureSet([i.path for i in good], features, failures, extracted, time.perf_counter() - start, fallbacks)
+    seconds = time.perf_counter() - start
+    return FeatureSet([i.path for i in good], features, failures, extracted, seconds, fallbacks, tuple(tta))
 
 
 def _digests(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
@@ -232,29 +266,31 @@ def _extract_missing(todo, backbone, cache, stores, view_config, sizes, failures
         progress(0, len(todo))
     if not todo:
         return 0
+    items, needed = [item for item, _ in todo], [names for _, names in todo]
     known = [stores[i.view_key].get([i.digest])[0] if i.view_key and i.digest in stores[i.view_key] else None
-             for i in todo]
-    dataset = _DecodeDataset(todo, known, view_config, backbone.transform(), backbone.data_config["input_size"])
+             for i in items]
+    dataset = _DecodeDataset(items, known, view_config, backbone.transform(), backbone.data_config, needed)
     workers = default_workers() if num_workers is None else num_workers
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     pending = _Pending()
     extracted = 0
     with torch.inference_mode():
-        for indices, images, errors, decisions in loader:
-            ok = [i for i, error in enumerate(errors) if not error]
-            for i, error in zip(indices.tolist(), errors, strict=True):
+        for indices, images, errors, decisions, counts in loader:
+            rows = backbone(images).float().numpy() if len(images) else np.zeros((0, backbone.num_features))
+            offsets = np.cumsum([0, *counts])
+            for position, (index, error) in enumerate(zip(indices, errors, strict=True)):
                 if error:
-                    failures[todo[i].path] = error
-            if ok:
-                rows = backbone(images[ok] if len(ok) < len(errors) else images).float().numpy()
-                for position, row in zip(ok, rows, strict=True):
-                    item = todo[int(indices[position])]
-                    pending.add(item, row, decisions[position].numpy(), known[int(indices[position])] is None)
-                extracted += len(ok)
+                    failures[items[index].path] = error
+                    continue
+                item = items[index]
+                keys = [item.tta_key(name) for name in needed[index]]
+                pending.add(item, keys, rows[offsets[position] : offsets[position + 1]],
+                            decisions[position].numpy(), known[index] is None)
+            extracted += len(images)
             if len(pending.feature_keys) >= chunk_size:
                 pending.flush(cache, stores)
             if progress:
-                progress(int(indices[-1]) + 1, len(todo))
+                progress(indices[-1] + 1, len(todo))
     pending.flush(cache, stores)
     return extracted
 
@@ -267,9 +303,9 @@ class _Pending:
         self.feature_rows: list[np.ndarray] = []
         self.decisions: dict[str, dict[str, np.ndarray]] = {}
 
-    def add(self, item: _Item, row: np.ndarray, decision: np.ndarray, is_new_decision: bool) -> None:
-        self.feature_keys.append(item.row_key)
-        self.feature_rows.append(row)
+    def add(self, item: _Item, keys: list[str], rows: np.ndarray, decision: np.ndarray, is_new_decision: bool) -> None:
+        self.feature_keys.extend(keys)
+        self.feature_rows.extend(rows)
         if item.view_key and is_new_decision:
             self.decisions.setdefault(item.view_key, {})[item.digest] = decision
 

@@ -196,6 +196,8 @@ def _save_finetuned(run_dir: Path, tuned: Classifier, config: GraftConfig) -> No
     atomic_write(run_dir / BACKBONE_FILE, lambda handle: handle.write(save(backbone_state)))
     head_state = {k: v.contiguous() for k, v in tuned.head.state_dict().items()}
     atomic_write(run_dir / "head.safetensors", lambda handle: handle.write(save(head_state)))
+    # the temperature was fitted for the head-only model; the fine-tuned one is left uncalibrated rather than wrong
+    atomic_write_text(run_dir / "calibration.json", json.dumps({"temperature": 1.0}) + "\n")
     saved = config.updated({"backbone.weights": BACKBONE_FILE})
     atomic_write_text(run_dir / "config.yaml", saved.to_yaml())
     described = tuned.backbone.describe() | {"identity": weights_identity(tuned.backbone.model)}  # what was saved

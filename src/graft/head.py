@@ -6,6 +6,7 @@ epoch. On cached features this takes seconds.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -121,6 +122,7 @@ class HeadFit:
     epochs_run: int
     seconds: float
     refit_epochs: int = 0  # epochs of the final retraining on train+val (0 = no refit)
+    holdout_head: nn.Sequential | None = None  # the head that never saw the validation part (for calibration)
 
 
 def fit_head(
@@ -149,6 +151,7 @@ def fit_head(
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
     best_epoch, refit_epochs = int(best["epoch"]), 0
+    holdout_head = copy.deepcopy(module.head).eval()
     if refit:
         refit_epochs = max(best_epoch + 1, config.min_epochs)
         both = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
@@ -157,7 +160,7 @@ def fit_head(
     module.head.eval()
     seconds = time.perf_counter() - start
     csv_path = Path(trainer.logger.log_dir) / "metrics.csv"
-    return HeadFit(module.head, csv_path, best_epoch, trainer.current_epoch, seconds, refit_epochs)
+    return HeadFit(module.head, csv_path, best_epoch, trainer.current_epoch, seconds, refit_epochs, holdout_head)
 
 
 def _module(train: tuple[np.ndarray, np.ndarray], num_classes: int, config: HeadConfig,

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from graft.backbones import Backbone, create_backbone
+from graft.calibrate import coverage_table, expected_calibration_error, fit_temperature, negative_log_likelihood
 from graft.config import GraftConfig
 from graft.errors import RunError
 from graft.features import FeatureSet, extract_features
@@ -37,6 +38,7 @@ from graft.report import merge_epoch_rows, plot_curves, results_table, write_res
 from graft.splits import assign_splits, check_trainable
 
 THROUGHPUT_SAMPLE = 64
+REJECT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Identification:
     per_image: dict[str, list[tuple[str, float]]]
     fusion: str
     failures: dict[str, str] = field(default_factory=dict)
+    unknown: bool = False  # the fused top probability is below the configured reject threshold
 
 
 @dataclass
@@ -57,20 +60,31 @@ class Classifier:
     head: nn.Module
     labels: list[str]
     config: GraftConfig
+    temperature: float = 1.0  # fitted on held-out logits; 1.0 = uncalibrated
 
-    def features(self, paths: Sequence[Path], views: Sequence[str] | None = None, progress: bool = False) -> FeatureSet:
+    def features(
+        self, paths: Sequence[Path], views: Sequence[str] | None = None, progress: bool = False,
+        tta: Sequence[str] | None = None,
+    ) -> FeatureSet:
+        """Features of ``paths``; with test-time views (``tta``, default: the config's) shaped ``[n, 1 + k, D]``."""
         settings = self.config.features
+        tta = self.config.predict.tta if tta is None else tta
         with _progress_bar("Extracting features", progress) as report:
             return extract_features(
                 paths, self.backbone, settings.cache_dir, settings.batch_size, settings.num_workers,
-                settings.chunk_size, report, views, self.config.views,
+                settings.chunk_size, report, views, self.config.views, tta,
             )
 
-    def manifest_features(self, manifest: Manifest, progress: bool = False) -> FeatureSet:
-        return self.features([r.path for r in manifest], [r.view for r in manifest], progress)
+    def manifest_features(self, manifest: Manifest, progress: bool = False, tta: Sequence[str] | None = None):
+        return self.features([r.path for r in manifest], [r.view for r in manifest], progress, tta)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        return softmax(predict_logits(self.head, features))
+        """Class probabilities per image; test-time views (``[n, k, D]``) are averaged after the softmax."""
+        if features.ndim == 3:
+            n, k, dim = features.shape
+            logits = predict_logits(self.head, features.reshape(n * k, dim)) / self.temperature
+            return softmax(logits).reshape(n, k, -1).mean(axis=1)
+        return softmax(predict_logits(self.head, features) / self.temperature)
 
     def identify(
         self, paths: Sequence[str | Path], views: Sequence[str] | None = None, fusion: str | None = None,
@@ -89,7 +103,10 @@ class Classifier:
         probabilities = self.predict_proba(feature_set.features)
         fused = fuse_observations(probabilities, ["observation"] * len(probabilities), fusion).scores[0]
         per_image = {str(p): ranked(row, self.labels, 3) for p, row in zip(feature_set.paths, probabilities, strict=True)}
-        return Identification(ranked(fused, self.labels, top or self.config.predict.top_k), per_image, fusion, failures)
+        threshold = self.config.predict.reject_threshold
+        unknown = threshold is not None and float(fused.max()) < threshold
+        ranking = ranked(fused, self.labels, top or self.config.predict.top_k)
+        return Identification(ranking, per_image, fusion, failures, unknown)
 
 
 @dataclass
@@ -137,9 +154,18 @@ def fit(
     classifier.head = head_fit.head
     split = "test" if manifest.where("test").records else "val"
     evaluated = manifest.where(split)
-    results = score(classifier, evaluated.records, feature_set.rows_for([r.path for r in evaluated]))
+    plain = feature_set.rows_for([r.path for r in evaluated])
+    calibration = {}
+    if config.predict.calibrate:
+        val = _arrays(manifest.where("val"), feature_set, classifier.labels)
+        calibration = calibrate(classifier, head_fit.holdout_head, val, (plain, _label_indices(evaluated, classifier)))
+    if config.predict.tta:
+        plain = classifier.manifest_features(evaluated).rows_for([r.path for r in evaluated])
+    results = score(classifier, evaluated.records, plain)
     results |= {
         "evaluated_on": split,
+        "tta": list(config.predict.tta),
+        **calibration,
         "images_per_second": measure_throughput(classifier, evaluated),
         "backbone": backbone.name,
         "features_extracted": feature_set.extracted,
@@ -157,6 +183,28 @@ def fit(
     problems = manifest.problems + sorted(feature_set.failures.values())
     _write_run(out, classifier, manifest, results, problems, head_fit)
     return RunResult(out, results, warnings, problems)
+
+
+def calibrate(classifier: Classifier, holdout_head: nn.Module, val, evaluation) -> dict[str, float]:
+    """Fit the temperature on validation logits of a head that never trained on them; report ECE and NLL on the
+    evaluation split before and after. Sets ``classifier.temperature``."""
+    classifier.temperature = fit_temperature(predict_logits(holdout_head, val[0]), val[1]) if len(val[1]) else 1.0
+    features, truth = evaluation
+    known = truth >= 0
+    logits = predict_logits(classifier.head, features[known])
+    before, after = softmax(logits), softmax(logits / classifier.temperature)
+    return {
+        "temperature": round(classifier.temperature, 4),
+        "ece_before": expected_calibration_error(before, truth[known]),
+        "ece_after": expected_calibration_error(after, truth[known]),
+        "nll_before": negative_log_likelihood(before, truth[known]),
+        "nll_after": negative_log_likelihood(after, truth[known]),
+    }
+
+
+def _label_indices(part: Manifest, classifier: Classifier) -> np.ndarray:
+    index = {label: i for i, label in enumerate(classifier.labels)}
+    return np.array([index.get(r.label, -1) for r in part], dtype=np.int64)
 
 
 def _arrays(part: Manifest, feature_set: FeatureSet, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +227,9 @@ def score(classifier: Classifier, records: Sequence[ImageRecord], features: np.n
     known = truth >= 0
     if known.any():
         ranks[known] = true_label_ranks(fused.scores[known], truth[known])
+    coverage = coverage_table(fused.scores, truth, REJECT_THRESHOLDS) if len(truth) else []
     return {
+        "coverage": coverage,
         "S": lifeclef_score(ranks, [first[o].user for o in fused.observations]),
         "top1": top_k(ranks, 1),
         "top3": top_k(ranks, 3),
@@ -203,6 +253,7 @@ def measure_throughput(classifier: Classifier, part: Manifest) -> float:
         feature_set = extract_features(
             [r.path for r in sample], classifier.backbone, empty_cache, settings.batch_size, settings.num_workers,
             settings.chunk_size, views=[r.view for r in sample], view_config=classifier.config.views,
+            tta=classifier.config.predict.tta,
         )
         classifier.predict_proba(feature_set.features)
         return round(len(sample) / (time.perf_counter() - start), 2)
@@ -211,6 +262,7 @@ def measure_throughput(classifier: Classifier, part: Manifest) -> float:
 def _write_run(out: Path, classifier: Classifier, manifest: Manifest, results: dict, problems: list[str], head_fit):
     atomic_write_text(out / "config.yaml", classifier.config.to_yaml())
     atomic_write_text(out / "labels.json", json.dumps(classifier.labels, indent=1) + "\n")
+    atomic_write_text(out / "calibration.json", json.dumps({"temperature": classifier.temperature}) + "\n")
     atomic_write_text(out / "backbone.json", json.dumps(classifier.backbone.describe(), indent=2, default=str) + "\n")
     state = {key: tensor.contiguous() for key, tensor in classifier.head.state_dict().items()}
     atomic_write(out / "head.safetensors", lambda handle: handle.write(save(state)))
@@ -247,12 +299,22 @@ def load_run(run_dir: str | Path) -> Classifier:
     head = build_head(backbone.num_features, len(labels), config.head)
     head.load_state_dict(state)
     head.eval()
-    return Classifier(backbone, head, labels, config)
+    calibration = run_dir / "calibration.json"
+    temperature = json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
+    return Classifier(backbone, head, labels, config, temperature)
 
 
-def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False) -> dict[str, Any]:
-    """Score a run on a dataset: its test part when it names one, otherwise every image."""
+def evaluate(
+    run_dir: str | Path, data: str | Path, progress: bool = False, tta: Sequence[str] | None = None,
+    fusion: str | None = None,
+) -> dict[str, Any]:
+    """Score a run on a dataset: its test part when it names one, otherwise every image.
+
+    ``tta`` (test-time views) and ``fusion`` override the run's settings for this evaluation.
+    """
     classifier = load_run(run_dir)
+    overrides = {"predict.tta": list(tta) if tta is not None else None, "predict.fusion": fusion}
+    classifier.config = classifier.config.updated(overrides)
     config = classifier.config
     manifest = load_manifest(data, config.data.format, config.data.columns).with_default_view(config.data.default_view)
     part = manifest.where("test") if manifest.where("test").records else manifest
@@ -263,6 +325,7 @@ def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False) -> d
         "evaluated_on": "test" if part.records and part.records[0].split == "test" else "all",
         "images_per_second": measure_throughput(classifier, part),
         "skipped_images": len(feature_set.failures),
+        "tta": list(classifier.config.predict.tta),
         "data": str(data),
     }
     return results

@@ -1,0 +1,61 @@
+"""Calibration: temperature scaling (Guo et al. 2017) fitted on held-out logits, expected calibration error, and
+the coverage / accuracy trade-off of answering "unknown" below a confidence threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the NLL of softmax(logits / T) on held-out data (a single scalar: accuracy unchanged)."""
+    if len(labels) == 0:
+        return 1.0
+    logits_t = torch.as_tensor(logits, dtype=torch.float64)
+    labels_t = torch.as_tensor(labels, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.exp().clamp(0.05, 20.0))
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the share of samples per bin."""
+    if len(labels) == 0:
+        return float("nan")
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total)
+
+
+def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+
+
+def coverage_table(scores: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]) -> list[dict[str, float]]:
+    """For each threshold: the share of observations answered (top score >= threshold) and their top-1 accuracy."""
+    top = scores.max(axis=1)
+    correct = scores.argmax(axis=1) == truth
+    rows = []
+    for threshold in thresholds:
+        answered = top >= threshold
+        rows.append({"threshold": float(threshold), "coverage": float(answered.mean()) if len(top) else float("nan"),
+                     "accuracy": float(correct[answered].mean()) if answered.any() else float("nan")})
+    return rows
