@@ -204,11 +204,11 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
-    from graft.pipeline import load_run
+    from graft.ensemble import load_model
 
     if view and len(view) != len(images):
         raise ConfigError(f"--view given {len(view)} time(s) for {len(images)} image(s); give one per image or none")
-    model = load_run(run)
+    model = load_model(run)
     model.config = model.config.updated({"predict.tta": _tta(tta), "predict.reject_threshold": reject_threshold})
     answer = model.identify(images, views=view or None, fusion=fusion, top=top)
     if as_json:
@@ -265,6 +265,26 @@ def inspect(
             error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     except GraftError as error:
         error_console.print(f"[red]cannot train on this data:[/] {error}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (same classes), e.g. two backbones.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble directory to write.")],
+    weights: Annotated[str | None, typer.Option(help="Comma-separated weights, one per run.")] = None,
+    fit_weights: Annotated[bool, typer.Option(help="Fit the weights on the validation split (grid, best S).")] = False,
+) -> None:
+    """Average several runs' per-image probabilities; the ensemble is a run for evaluate and predict."""
+    from graft.ensemble import make_ensemble
+
+    parsed = None
+    if weights:
+        try:
+            parsed = [float(w) for w in weights.split(",")]
+        except ValueError as error:
+            raise ConfigError(f"--weights expects numbers like 0.6,0.4, got {weights!r}") from error
+    make_ensemble(runs, out, parsed, fit_weights)
+    console.print(Markdown((out / "results.md").read_text()))
 
 
 @app.command("preview-views")

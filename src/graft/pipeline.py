@@ -33,7 +33,7 @@ from graft.files import atomic_write, atomic_write_text
 from graft.head import build_head, fit_head, predict_logits, resolve_class_weights
 from graft.manifest import ImageRecord, Manifest, load_manifest
 from graft.metrics import lifeclef_score, top_k, true_label_ranks
-from graft.predict import fuse_observations, ranked, softmax
+from graft.predict import FUSION_RULES, fuse_observations, ranked, softmax
 from graft.report import merge_epoch_rows, plot_curves, results_table, write_results_json
 from graft.splits import assign_splits, check_trainable
 
@@ -78,6 +78,15 @@ class Classifier:
     def manifest_features(self, manifest: Manifest, progress: bool = False, tta: Sequence[str] | None = None):
         return self.features([r.path for r in manifest], [r.view for r in manifest], progress, tta)
 
+    def image_probabilities(self, part: Manifest, progress: bool = False) -> tuple[Manifest, np.ndarray, dict]:
+        """(the readable records, their class probabilities, failures) - the interface ensembles share."""
+        feature_set = self.manifest_features(part, progress)
+        kept = part.without(feature_set.failures)
+        return kept, self.predict_proba(feature_set.rows_for([r.path for r in kept])), feature_set.failures
+
+    def measure_throughput(self, part: Manifest) -> float:
+        return measure_throughput(self, part)
+
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities per image; test-time views (``[n, k, D]``) are averaged after the softmax."""
         if features.ndim == 3:
@@ -90,23 +99,27 @@ class Classifier:
         self, paths: Sequence[str | Path], views: Sequence[str] | None = None, fusion: str | None = None,
         top: int | None = None,
     ) -> Identification:
-        """Rank the labels for one observation photographed in ``paths`` (``views``: Flower, Leaf, ... per photo).
+        """Rank the labels for one observation photographed in ``paths`` (``views``: Flower, Leaf, ... per photo)."""
+        return identify_observation(self, paths, views, fusion, top)
 
-        Bad images are skipped and reported in ``failures``.
-        """
-        fusion = fusion or self.config.predict.fusion
-        views = list(views) if views else [self.config.data.default_view or ""] * len(paths)
-        feature_set = self.features([Path(p) for p in paths], views)
-        failures = {str(path): reason for path, reason in feature_set.failures.items()}
-        if not feature_set.paths:
-            return Identification([], {}, fusion, failures)
-        probabilities = self.predict_proba(feature_set.features)
-        fused = fuse_observations(probabilities, ["observation"] * len(probabilities), fusion).scores[0]
-        per_image = {str(p): ranked(row, self.labels, 3) for p, row in zip(feature_set.paths, probabilities, strict=True)}
-        threshold = self.config.predict.reject_threshold
-        unknown = threshold is not None and float(fused.max()) < threshold
-        ranking = ranked(fused, self.labels, top or self.config.predict.top_k)
-        return Identification(ranking, per_image, fusion, failures, unknown)
+
+def identify_observation(model, paths, views=None, fusion=None, top=None) -> Identification:
+    """One observation -> fused ranking, per-image top-3, 'unknown' below the reject threshold; bad images skipped.
+
+    ``model`` is anything with ``image_probabilities``, ``labels`` and ``config``: a run or an ensemble.
+    """
+    settings = model.config.predict
+    fusion = fusion or settings.fusion
+    views = list(views) if views else [model.config.data.default_view or ""] * len(paths)
+    records = [ImageRecord(Path(p), "", "observation", view=v) for p, v in zip(paths, views, strict=True)]
+    kept, probabilities, failures = model.image_probabilities(Manifest(records))
+    failures = {str(path): reason for path, reason in failures.items()}
+    if not kept.records:
+        return Identification([], {}, fusion, failures)
+    fused = fuse_observations(probabilities, ["observation"] * len(probabilities), fusion).scores[0]
+    per_image = {str(r.path): ranked(row, model.labels, 3) for r, row in zip(kept, probabilities, strict=True)}
+    unknown = settings.reject_threshold is not None and float(fused.max()) < settings.reject_threshold
+    return Identification(ranked(fused, model.labels, top or settings.top_k), per_image, fusion, failures, unknown)
 
 
 @dataclass
@@ -162,7 +175,10 @@ def fit(
     if config.predict.tta:
         plain = classifier.manifest_features(evaluated).rows_for([r.path for r in evaluated])
     results = score(classifier, evaluated.records, plain)
+    val_part = manifest.where("val")
+    val_probabilities = classifier.predict_proba(feature_set.rows_for([r.path for r in val_part]))
     results |= {
+        "fusion_rules_on_val": fusion_rule_rows(val_probabilities, val_part.records, classifier.labels),
         "evaluated_on": split,
         "tta": list(config.predict.tta),
         **calibration,
@@ -214,11 +230,18 @@ def _arrays(part: Manifest, feature_set: FeatureSet, labels: list[str]) -> tuple
 
 
 def score(classifier: Classifier, records: Sequence[ImageRecord], features: np.ndarray) -> dict[str, Any]:
-    """S and top-k per observation, top-1 per image. A label the model never saw counts as a miss (1/rank = 0)."""
+    """S and top-k per observation, top-1 per image, for ``features`` of ``records``."""
     probabilities = classifier.predict_proba(features)
-    index = {label: i for i, label in enumerate(classifier.labels)}
+    return score_probabilities(probabilities, records, classifier.labels, classifier.config.predict.fusion)
+
+
+def score_probabilities(
+    probabilities: np.ndarray, records: Sequence[ImageRecord], labels: Sequence[str], fusion: str
+) -> dict[str, Any]:
+    """S and top-k per observation, top-1 per image. A label the model never saw counts as a miss (1/rank = 0)."""
+    index = {label: i for i, label in enumerate(labels)}
     image_truth = np.array([index.get(r.label, -1) for r in records])
-    fused = fuse_observations(probabilities, [r.observation for r in records], classifier.config.predict.fusion)
+    fused = fuse_observations(probabilities, [r.observation for r in records], fusion)
     first = {}
     for record in records:
         first.setdefault(record.observation, record)
@@ -238,8 +261,15 @@ def score(classifier: Classifier, records: Sequence[ImageRecord], features: np.n
         "n_observations": len(fused.observations),
         "n_images": len(records),
         "n_users": len({first[o].user for o in fused.observations}),
-        "fusion": classifier.config.predict.fusion,
+        "fusion": fusion,
     }
+
+
+def fusion_rule_rows(probabilities: np.ndarray, records: Sequence[ImageRecord], labels: Sequence[str]) -> dict:
+    """The same predictions scored under every fusion rule, so a user can pick the rule on validation data."""
+    keys = ("S", "top1", "top3", "top5")
+    return {rule: {k: score_probabilities(probabilities, records, labels, rule)[k] for k in keys}
+            for rule in FUSION_RULES}
 
 
 def measure_throughput(classifier: Classifier, part: Manifest) -> float:
@@ -312,20 +342,21 @@ def evaluate(
 
     ``tta`` (test-time views) and ``fusion`` override the run's settings for this evaluation.
     """
-    classifier = load_run(run_dir)
+    from graft.ensemble import load_model
+
+    model = load_model(run_dir)
     overrides = {"predict.tta": list(tta) if tta is not None else None, "predict.fusion": fusion}
-    classifier.config = classifier.config.updated(overrides)
-    config = classifier.config
+    model.config = model.config.updated(overrides)
+    config = model.config
     manifest = load_manifest(data, config.data.format, config.data.columns).with_default_view(config.data.default_view)
     part = manifest.where("test") if manifest.where("test").records else manifest
-    feature_set = classifier.manifest_features(part, progress)
-    part = part.without(feature_set.failures)
-    results = score(classifier, part.records, feature_set.rows_for([r.path for r in part]))
+    kept, probabilities, failures = model.image_probabilities(part, progress)
+    results = score_probabilities(probabilities, kept.records, model.labels, config.predict.fusion)
     results |= {
-        "evaluated_on": "test" if part.records and part.records[0].split == "test" else "all",
-        "images_per_second": measure_throughput(classifier, part),
-        "skipped_images": len(feature_set.failures),
-        "tta": list(classifier.config.predict.tta),
+        "evaluated_on": "test" if kept.records and kept.records[0].split == "test" else "all",
+        "images_per_second": model.measure_throughput(kept),
+        "skipped_images": len(failures),
+        "tta": list(config.predict.tta),
         "data": str(data),
     }
     return results

@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_image
+from graft.cli import app
+from graft.ensemble import Ensemble, load_model, make_ensemble
+from graft.errors import RunError
+from graft.manifest import read_csv
+from graft.pipeline import evaluate, fit, load_run
+
+
+@pytest.fixture
+def two_runs(folder_data, tiny_config, tmp_path):
+    fit(folder_data, tmp_path / "a", tiny_config)
+    fit(folder_data, tmp_path / "b", tiny_config.updated({"head.seed": 7, "head.width": 16}))
+    return tmp_path / "a", tmp_path / "b"
+
+
+def test_an_ensemble_of_one_run_is_that_run(two_runs, folder_data, tmp_path):
+    make_ensemble([two_runs[0]], tmp_path / "one")
+    part = read_csv(two_runs[0] / "manifest.csv")
+    _, alone, _ = load_run(two_runs[0]).image_probabilities(part)
+    _, together, _ = load_model(tmp_path / "one").image_probabilities(part)
+    assert np.allclose(alone, together)
+    assert evaluate(tmp_path / "one", folder_data)["S"] == pytest.approx(evaluate(two_runs[0], folder_data)["S"])
+
+
+def test_weights_average_the_members(two_runs, tmp_path):
+    make_ensemble(list(two_runs), tmp_path / "ens", weights=[3.0, 1.0])
+    model = load_model(tmp_path / "ens")
+    assert isinstance(model, Ensemble) and model.weights == [3.0, 1.0]
+    part = read_csv(two_runs[0] / "manifest.csv")
+    _, a, _ = load_run(two_runs[0]).image_probabilities(part)
+    _, b, _ = load_run(two_runs[1]).image_probabilities(part)
+    _, mixed, _ = model.image_probabilities(part)
+    assert np.allclose(mixed, 0.75 * a + 0.25 * b)
+
+
+def test_fitted_weights_lie_on_the_simplex(two_runs, tmp_path):
+    results = make_ensemble(list(two_runs), tmp_path / "fitted", fit_weights=True)
+    assert sum(results["weights"]) == pytest.approx(1.0) and all(w >= 0 for w in results["weights"])
+    assert json.loads((tmp_path / "fitted" / "ensemble.json").read_text())["weights"] == results["weights"]
+
+
+def test_runs_of_different_classes_are_refused(two_runs, tiny_config, tmp_path):
+    for label in ("x", "y"):
+        for i in range(6):
+            make_image(tmp_path / "other" / label / f"{i}.png", (9, 9, 9) if label == "x" else (250, 250, 9), i)
+    fit(tmp_path / "other", tmp_path / "c", tiny_config)
+    with pytest.raises(RunError, match="labels differ"):
+        make_ensemble([two_runs[0], tmp_path / "c"], tmp_path / "bad")
+
+
+def test_predict_accepts_an_ensemble(two_runs, folder_data, tmp_path):
+    make_ensemble(list(two_runs), tmp_path / "ens")
+    image = str(next((folder_data / "red").glob("*.png")))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "ens"), image, "--json"])
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(result.output)["ranking"]
+    assert len(ranking) == 3 and sum(p for _, p in ranking) == pytest.approx(1.0)
