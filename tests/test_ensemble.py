@@ -61,3 +61,16 @@ def test_predict_accepts_an_ensemble(two_runs, folder_data, tmp_path):
     assert result.exit_code == 0, result.output
     ranking = json.loads(result.output)["ranking"]
     assert len(ranking) == 3 and sum(p for _, p in ranking) == pytest.approx(1.0)
+
+
+def test_report_compares_models_in_markdown_and_self_contained_html(two_runs, tmp_path):
+    make_ensemble(list(two_runs), tmp_path / "ens")
+    result = CliRunner().invoke(app, ["report", str(two_runs[0]), str(tmp_path / "ens"), "--out",
+                                      str(tmp_path / "report"), "--tta"])
+    assert result.exit_code == 0, result.output
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    for expected in ("+ TTA", "ensemble of 2", "reject below", "fusion rule", "most confused", "image top-1",
+                     "ECE", "ms/obs", "costs"):
+        assert expected in markdown, expected
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<table>" in page and "src='curves" not in page

@@ -287,6 +287,20 @@ def ensemble(
     console.print(Markdown((out / "results.md").read_text()))
 
 
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run or ensemble directories to compare.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (report.md, report.html).")],
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Also score each model with test-time views.")] = False,
+) -> None:
+    """Models side by side: S, Top-k, speed, calibration, coverage, fusion rules, confusions, per-view accuracy."""
+    from graft.comparison import build_report
+
+    page = build_report(runs, out, tta)
+    console.print(Markdown((out / "report.md").read_text().split("\n## ")[0]))
+    console.print(f"report: {page} (self-contained HTML) and {out / 'report.md'}")
+
+
 @app.command("preview-views")
 def preview_views(
     data: DataArg,

@@ -13,7 +13,8 @@ from graft.files import atomic_write, atomic_write_text
 # Keys every results.json carries; scripts may rely on them.
 RESULT_KEYS = ("S", "top1", "top3", "top5", "image_top1", "n_observations", "n_images", "images_per_second")
 TABLE_COLUMNS = (("S", "S"), ("Top-1", "top1"), ("Top-3", "top3"), ("Top-5", "top5"), ("image top-1", "image_top1"),
-                 ("img/s", "images_per_second"), ("observations", "n_observations"), ("images", "n_images"))
+                 ("img/s", "images_per_second"), ("ms/obs", "ms_per_observation"), ("observations", "n_observations"),
+                 ("images", "n_images"))
 
 
 def write_results_json(path: Path, results: dict[str, Any]) -> Path:

@@ -1,0 +1,149 @@
+"""``graft report``: several runs (or ensembles) side by side, as Markdown and as one self-contained HTML page.
+
+Per model: S, Top-1/3/5, image top-1, images/s and ms per observation measured here (optionally also with test-time
+views), calibration, coverage vs accuracy under a reject threshold, fusion rules on validation, the most confused
+pairs, accuracy per view, and the training curves (embedded in the HTML).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.augment import DEFAULT_TTA
+from graft.ensemble import Ensemble, load_model
+from graft.files import atomic_write_text
+from graft.manifest import Manifest, read_csv
+from graft.pipeline import score_probabilities
+from graft.predict import fuse_observations
+from graft.report import results_table
+
+
+def _evaluation_part(run_dir: Path, model) -> Manifest:
+    manifest_dir = Path(json.loads((run_dir / "ensemble.json").read_text())["runs"][0]) if isinstance(
+        model, Ensemble) else run_dir
+    manifest = read_csv(manifest_dir / "manifest.csv")
+    return manifest.where("test") if manifest.where("test").records else manifest.where("val")
+
+
+def _scored(model, part: Manifest, tta: tuple[str, ...]) -> tuple[dict[str, Any], Manifest, np.ndarray]:
+    model.config = model.config.updated({"predict.tta": list(tta)})
+    kept, probabilities, _ = model.image_probabilities(part)
+    results = score_probabilities(probabilities, kept.records, model.labels, model.config.predict.fusion)
+    speed = model.measure_throughput(kept)
+    images_per_observation = len(kept) / max(1, results["n_observations"])
+    results |= {"images_per_second": speed, "ms_per_observation": round(1000 * images_per_observation / speed, 1)}
+    return results, kept, probabilities
+
+
+def confused_pairs(probabilities: np.ndarray, part: Manifest, labels: list[str], fusion: str, top: int = 10):
+    """Most frequent (true label, predicted label) mistakes per observation."""
+    fused = fuse_observations(probabilities, [r.observation for r in part], fusion)
+    truth = {r.observation: r.label for r in part}
+    mistakes = Counter((truth[o], labels[int(row.argmax())]) for o, row in zip(fused.observations, fused.scores,
+                                                                                strict=True)
+                       if labels[int(row.argmax())] != truth[o])
+    return mistakes.most_common(top)
+
+
+def per_view_accuracy(probabilities: np.ndarray, part: Manifest, labels: list[str]) -> dict[str, tuple[float, int]]:
+    predicted = [labels[int(i)] for i in probabilities.argmax(axis=1)]
+    by_view: dict[str, list[bool]] = {}
+    for record, guess in zip(part, predicted, strict=True):
+        by_view.setdefault(record.view or "(none)", []).append(guess == record.label)
+    return {view: (float(np.mean(hits)), len(hits)) for view, hits in sorted(by_view.items())}
+
+
+def build_report(runs: list[Path], out: Path, tta: bool = False) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    rows, sections, images = [], [], []
+    for run in runs:
+        model = load_model(run)
+        part = _evaluation_part(run, model)
+        name = _model_name(run, model)
+        plain, kept, probabilities = _scored(model, part, ())
+        rows.append((name, plain))
+        if tta:
+            with_tta, _, _ = _scored(model, part, DEFAULT_TTA)
+            rows.append((f"{name} + TTA", with_tta))
+            with_tta["tta_cost"] = round(plain["images_per_second"] / with_tta["images_per_second"], 2)
+            sections.append(f"**{name}**: test-time augmentation (original + {len(DEFAULT_TTA)} views, each image "
+                            f"decoded once) costs {with_tta['tta_cost']}x the time of single-view prediction.")
+        sections.append(_details(run, name, plain, probabilities, kept, model))
+        if (run / "curves.png").is_file():
+            images.append((name, run / "curves.png"))
+    table = results_table(rows)
+    markdown = "# graft report\n\n" + table + "\n" + "\n\n".join(sections) + "\n"
+    for name, path in images:
+        copy = out / f"curves-{len(list(out.glob('curves-*.png')))}.png"
+        copy.write_bytes(path.read_bytes())
+        markdown += f"\n### Training curves: {name}\n\n![{name}]({copy.name})\n"
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.html", _html(markdown, images))
+    return out / "report.html"
+
+
+def _model_name(run: Path, model) -> str:
+    if isinstance(model, Ensemble):
+        return f"{run.name}: ensemble of {len(model.members)}"
+    kind = "fine-tuned" if (run / "finetuned-backbone.safetensors").is_file() and model.config.backbone.weights else \
+        "head-only"
+    return f"{run.name}: {model.backbone.name}, {kind}"
+
+
+def _details(run, name, results, probabilities, part, model) -> str:
+    lines = [f"## {name}", ""]
+    saved = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    if "temperature" in saved:
+        lines.append(f"Calibration: temperature {saved['temperature']}, ECE {saved['ece_before']:.4f} -> "
+                     f"{saved['ece_after']:.4f} on the {saved.get('evaluated_on', '?')} split.")
+        lines.append("")
+    lines += ["| reject below | coverage | accuracy of answered |", "|---|---|---|"]
+    lines += [f"| {c['threshold']} | {c['coverage']:.3f} | {c['accuracy']:.3f} |" for c in results["coverage"]]
+    if "fusion_rules_on_val" in saved:
+        lines += ["", "| fusion rule (validation) | S | Top-1 | Top-5 |", "|---|---|---|---|"]
+        lines += [f"| {rule} | {v['S']:.4f} | {v['top1']:.4f} | {v['top5']:.4f} |"
+                  for rule, v in saved["fusion_rules_on_val"].items()]
+    lines += ["", "| view | image top-1 | images |", "|---|---|---|"]
+    lines += [f"| {view} | {acc:.3f} | {n} |" for view, (acc, n) in per_view_accuracy(
+        probabilities, part, model.labels).items()]
+    lines += ["", "| most confused: true | predicted | observations |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {n} |" for (a, b), n in confused_pairs(
+        probabilities, part, model.labels, model.config.predict.fusion)]
+    return "\n".join(lines)
+
+
+def _html(markdown: str, images: list[tuple[str, Path]]) -> str:
+    """A minimal Markdown-to-HTML for our own output (headings, tables, paragraphs), with plots inlined."""
+    body, table = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if not set("".join(cells)) <= set("-"):
+                tag = "th" if not table else "td"
+                table.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if table:
+            body.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("!["):
+            continue
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+    for name, path in images:
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        body.append(f"<h3>Training curves: {html.escape(name)}</h3><img alt='{html.escape(name)}' "
+                    f"src='data:image/png;base64,{encoded}'>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>graft report</title><style>{style}</style>" \
+           f"</head><body>{''.join(body)}</body></html>"
