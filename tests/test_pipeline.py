@@ -91,3 +91,12 @@ def test_calibration_is_fitted_and_a_reject_threshold_answers_unknown(folder_dat
     assert model.identify(photos).unknown
     model.config = model.config.updated({"predict.reject_threshold": top * 0.99})  # just below
     assert not model.identify(photos).unknown
+
+
+def test_no_calibration_when_the_head_was_refit_on_the_validation_part(folder_data, tiny_config, tmp_path):
+    rows = ["path,label,split"] + [f"{p.relative_to(folder_data)},{p.parent.name},{'test' if i % 4 == 0 else ''}"
+                                   for i, p in enumerate(sorted(folder_data.rglob("*.png")))]
+    (folder_data / "list.csv").write_text("\n".join(rows) + "\n")
+    result = fit(folder_data / "list.csv", tmp_path / "run", tiny_config)
+    assert result.results["evaluated_on"] == "test" and result.results["head_refit_epochs"] > 0
+    assert result.results["calibration"].startswith("skipped") and load_run(tmp_path / "run").temperature == 1.0

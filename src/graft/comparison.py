@@ -104,6 +104,8 @@ def _details(run, name, results, probabilities, part, model) -> str:
         lines.append(f"Calibration: temperature {saved['temperature']}, ECE {saved['ece_before']:.4f} -> "
                      f"{saved['ece_after']:.4f} on the {saved.get('evaluated_on', '?')} split.")
         lines.append("")
+    elif "calibration" in saved:
+        lines += [f"Calibration: {saved['calibration']}.", ""]
     lines += ["| reject below | coverage | accuracy of answered |", "|---|---|---|"]
     lines += [f"| {c['threshold']} | {c['coverage']:.3f} | {c['accuracy']:.3f} |" for c in results["coverage"]]
     if "fusion_rules_on_val" in saved:

@@ -168,15 +168,19 @@ def fit(
     split = "test" if manifest.where("test").records else "val"
     evaluated = manifest.where(split)
     plain = feature_set.rows_for([r.path for r in evaluated])
-    calibration = {}
-    if config.predict.calibrate:
+    calibration: dict[str, Any] = {"calibration": "off"}
+    if config.predict.calibrate and head_fit.refit_epochs:
+        # the final head trained on the validation part: no held-out data is left to fit a temperature on
+        calibration = {"calibration": "skipped: the head was refit on train+val, so no held-out data is left"}
+    elif config.predict.calibrate:
         val = _arrays(manifest.where("val"), feature_set, classifier.labels)
         calibration = calibrate(classifier, head_fit.holdout_head, val, (plain, _label_indices(evaluated, classifier)))
     if config.predict.tta:
         plain = classifier.manifest_features(evaluated).rows_for([r.path for r in evaluated])
     results = score(classifier, evaluated.records, plain)
-    val_part = manifest.where("val")
-    val_probabilities = classifier.predict_proba(feature_set.rows_for([r.path for r in val_part]))
+    val_part = manifest.where("val")  # scored by the head that never trained on it
+    val_logits = predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part]))
+    val_probabilities = softmax(val_logits)
     results |= {
         "fusion_rules_on_val": fusion_rule_rows(val_probabilities, val_part.records, classifier.labels),
         "evaluated_on": split,
@@ -210,6 +214,7 @@ def calibrate(classifier: Classifier, holdout_head: nn.Module, val, evaluation) 
     logits = predict_logits(classifier.head, features[known])
     before, after = softmax(logits), softmax(logits / classifier.temperature)
     return {
+        "calibration": "temperature scaling fitted on the validation split",
         "temperature": round(classifier.temperature, 4),
         "ece_before": expected_calibration_error(before, truth[known]),
         "ece_after": expected_calibration_error(after, truth[known]),

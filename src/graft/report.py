@@ -29,12 +29,15 @@ def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     header = "| model | " + " | ".join(title for title, _ in TABLE_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
     for name, results in rows:
-        cells = [_cell(results.get(key)) for _, key in TABLE_COLUMNS]
+        cells = [_cell(results.get(key), speed=key in ("images_per_second", "ms_per_observation"))
+                 for _, key in TABLE_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, speed: bool = False) -> str:
+    if isinstance(value, float) and speed:
+        return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.1f}" if value >= 10 else f"{value:.4f}"
     return "-" if value is None else str(value)
