@@ -301,6 +301,39 @@ def report(
     console.print(f"report: {page} (self-contained HTML) and {out / 'report.md'}")
 
 
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run or ensemble directory to serve.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    engine: Annotated[str, typer.Option(help="auto (onnx if exported), onnx or torch.")] = "auto",
+    max_files: Annotated[int, typer.Option(help="Photos per request.")] = 12,
+    max_mb: Annotated[float, typer.Option(help="Megabytes per photo.")] = 15.0,
+) -> None:
+    """Web page at /, POST /identify, GET /health and /labels, OpenAPI docs at /docs."""
+    import uvicorn
+
+    from graft.serve import Limits, create_app
+
+    limits = Limits(max_files=max_files, max_bytes=int(max_mb * 1024 * 1024))
+    console.print(f"serving {run} on http://{host}:{port}/ (engine {engine})")
+    uvicorn.run(create_app(run, engine, limits), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory (not an ensemble).")],
+    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+) -> None:
+    """Export backbone + head for fast CPU inference (onnxruntime); serve and predict then use it."""
+    from graft.export import export_onnx
+
+    if format != "onnx":
+        raise ConfigError(f"--format {format!r} is not supported; use onnx")
+    path = export_onnx(run)
+    console.print(f"wrote {path} and {path.name}.json (preprocessing, labels, temperature)")
+
+
 @app.command("preview-views")
 def preview_views(
     data: DataArg,
