@@ -88,3 +88,18 @@ def test_onnx_and_torch_agree_on_real_images(tiny_config, tmp_path):
     a = torch_engine.probabilities(images, [""] * 4)
     b = onnx_engine.probabilities(images, [""] * 4)
     assert np.abs(a - b).max() < 1e-4
+
+
+def test_predict_uses_the_onnx_export_and_agrees_with_torch(run, folder_data):
+    import json
+
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    image = str(next((folder_data / "green").glob("*.png")))
+    torch_answer = json.loads(CliRunner().invoke(app, ["predict", str(run), image, "--json"]).output)
+    assert CliRunner().invoke(app, ["export", str(run)]).exit_code == 0
+    onnx_answer = json.loads(CliRunner().invoke(app, ["predict", str(run), image, "--json"]).output)
+    assert [label for label, _ in onnx_answer["ranking"]] == [label for label, _ in torch_answer["ranking"]]
+    assert np.allclose([p for _, p in onnx_answer["ranking"]], [p for _, p in torch_answer["ranking"]], atol=1e-4)

@@ -201,16 +201,24 @@ def predict(
     view: Annotated[list[str], typer.Option(help="View of each photo in order (Flower, Leaf...), repeatable.")] = [],  # noqa: B006
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average 5 test-time views per image.")] = None,
     reject_threshold: Annotated[float | None, typer.Option(help="Say 'unknown' below this top probability.")] = None,
+    engine: Annotated[str, typer.Option(help="auto (onnx if the run was exported), onnx, or torch.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
     from graft.ensemble import load_model
+    from graft.export import ONNX_FILE, identify_files, load_engine
 
     if view and len(view) != len(images):
         raise ConfigError(f"--view given {len(view)} time(s) for {len(images)} image(s); give one per image or none")
-    model = load_model(run)
-    model.config = model.config.updated({"predict.tta": _tta(tta), "predict.reject_threshold": reject_threshold})
-    answer = model.identify(images, views=view or None, fusion=fusion, top=top)
+    settings = {"predict.tta": _tta(tta), "predict.reject_threshold": reject_threshold}
+    if engine == "onnx" or (engine == "auto" and (run / ONNX_FILE).is_file()):
+        model = load_engine(run, "onnx")
+        model.config = model.config.updated(settings)
+        answer = identify_files(model, images, view or None, fusion, top)
+    else:
+        model = load_model(run)  # torch, through the feature cache
+        model.config = model.config.updated(settings)
+        answer = model.identify(images, views=view or None, fusion=fusion, top=top)
     if as_json:
         print(json.dumps({"ranking": answer.ranking, "unknown": answer.unknown, "per_image": answer.per_image,
                           "fusion": answer.fusion, "failures": answer.failures}, indent=2))

@@ -24,9 +24,10 @@ from torch import nn
 from graft.augment import tta_views
 from graft.config import GraftConfig
 from graft.ensemble import Ensemble, load_model
-from graft.errors import RunError
+from graft.errors import ImageError, RunError
 from graft.files import atomic_write_text
-from graft.pipeline import Classifier
+from graft.images import load_rgb
+from graft.pipeline import Classifier, Identification
 from graft.predict import fuse, ranked, softmax
 from graft.views import apply, decide
 
@@ -142,3 +143,22 @@ def _torch_engine(model: Classifier | Ensemble) -> Engine:
 def _torch_logits(model: Classifier, batch: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return model.head(model.backbone(torch.from_numpy(batch))).float().numpy()
+
+
+def identify_files(engine: Engine, paths: Sequence[str | Path], views: Sequence[str] | None = None,
+                   fusion: str | None = None, top: int | None = None) -> Identification:
+    """``engine.identify`` for image files: unreadable ones are skipped and reported, as on the cached path."""
+    images, kept, failures = [], [], {}
+    for path, view in zip(paths, views or [""] * len(paths), strict=True):
+        try:
+            images.append(load_rgb(path))
+            kept.append((str(path), view))
+        except ImageError as error:
+            failures[str(path)] = str(error)
+    if not images:
+        return Identification([], {}, fusion or engine.config.predict.fusion, failures)
+    answer = engine.identify(images, [view for _, view in kept], fusion, top)
+    ranking = [(r["label"], r["probability"]) for r in answer["ranking"]]
+    per_image = {path: [(r["label"], r["probability"]) for r in rows]
+                 for (path, _), rows in zip(kept, answer["per_image"], strict=True)}
+    return Identification(ranking, per_image, answer["fusion"], failures, answer["unknown"])
