@@ -64,7 +64,7 @@ class HeadConfig(_Section):
     )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1, description="128: same S as 64 on ELPV and leafsnap, 20% faster; 256 hurt leafsnap.")
     class_weights: str = Field("none", description="none, auto (inverse frequency) or a CSV/JSON file label->weight.")
     seed: int = 0
 

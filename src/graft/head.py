@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from graft.config import HeadConfig
 from graft.errors import ConfigError
@@ -145,7 +145,8 @@ def fit_head(
 
     start = time.perf_counter()
     module = _module(train, num_classes, config, weights)
-    checkpoint = ModelCheckpoint(dirpath=log_dir / "checkpoints", filename="head-best", monitor="val_loss")
+    checkpoint = ModelCheckpoint(dirpath=log_dir / "checkpoints", filename="head-best", monitor="val_loss",
+                                 save_weights_only=True)  # the optimizer state is never resumed here
     callbacks = [checkpoint, EarlyStopping(monitor="val_loss", patience=config.patience)]
     trainer = _train(module, train, val, config.epochs, config, log_dir, "head", callbacks, progress)
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
@@ -176,8 +177,12 @@ def _tensors(part: tuple[np.ndarray, np.ndarray]) -> TensorDataset:
 
 
 def _train(module, train, val, epochs, config, log_dir, version, callbacks, progress) -> L.Trainer:
-    train_loader = DataLoader(_tensors(train), batch_size=config.batch_size, shuffle=True)
-    val_loader = DataLoader(_tensors(val), batch_size=1024) if val is not None else None
+    # whole batches are sliced out of the tensors at once (no per-row indexing + collate: ~2x faster epochs)
+    train_set = _tensors(train)
+    train_loader = DataLoader(train_set, batch_size=None,
+                              sampler=BatchSampler(RandomSampler(train_set), config.batch_size, drop_last=False))
+    val_loader = DataLoader(_tensors(val), batch_size=None, sampler=BatchSampler(SequentialSampler(range(len(val[1]))),
+                            1024, drop_last=False)) if val is not None else None
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=epochs, accelerator="cpu", devices=1, callbacks=callbacks,

@@ -167,7 +167,7 @@ def fit(
     classifier.head = head_fit.head
     split = "test" if manifest.where("test").records else "val"
     evaluated = manifest.where(split)
-    plain = feature_set.rows_for([r.path for r in evaluated])
+    plain = feature_set.rows_for([r.path for r in evaluated])  # single view: what calibration is measured on
     calibration: dict[str, Any] = {"calibration": "off"}
     if config.predict.calibrate and head_fit.refit_epochs:
         # the final head trained on the validation part: no held-out data is left to fit a temperature on
@@ -175,9 +175,9 @@ def fit(
     elif config.predict.calibrate:
         val = _arrays(manifest.where("val"), feature_set, classifier.labels)
         calibration = calibrate(classifier, head_fit.holdout_head, val, (plain, _label_indices(evaluated, classifier)))
-    if config.predict.tta:
-        plain = classifier.manifest_features(evaluated).rows_for([r.path for r in evaluated])
-    results = score(classifier, evaluated.records, plain)
+    scored = classifier.manifest_features(evaluated).rows_for([r.path for r in evaluated]) if config.predict.tta \
+        else plain
+    results = score(classifier, evaluated.records, scored)
     val_part = manifest.where("val")  # scored by the head that never trained on it
     val_logits = predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part]))
     val_probabilities = softmax(val_logits)
