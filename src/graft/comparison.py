@@ -20,7 +20,7 @@ from graft.augment import DEFAULT_TTA
 from graft.ensemble import Ensemble, load_model
 from graft.files import atomic_write_text
 from graft.manifest import Manifest, read_csv
-from graft.pipeline import score_probabilities
+from graft.pipeline import ms_per_observation, score_probabilities
 from graft.predict import fuse_observations
 from graft.report import results_table
 
@@ -36,9 +36,8 @@ def _scored(model, part: Manifest, tta: tuple[str, ...]) -> tuple[dict[str, Any]
     model.config = model.config.updated({"predict.tta": list(tta)})
     kept, probabilities, _ = model.image_probabilities(part)
     results = score_probabilities(probabilities, kept.records, model.labels, model.config.predict.fusion)
-    speed = model.measure_throughput(kept)
-    images_per_observation = len(kept) / max(1, results["n_observations"])
-    results |= {"images_per_second": speed, "ms_per_observation": round(1000 * images_per_observation / speed, 1)}
+    results["images_per_second"] = model.measure_throughput(kept)
+    results["ms_per_observation"] = ms_per_observation(results)
     return results, kept, probabilities
 
 

@@ -200,6 +200,7 @@ def fit(
         "views_preprocessed": config.views.enabled,
         "view_fallbacks": dict(feature_set.view_fallbacks),
     }
+    results["ms_per_observation"] = ms_per_observation(results)
     problems = manifest.problems + sorted(feature_set.failures.values())
     _write_run(out, classifier, manifest, results, problems, head_fit)
     return RunResult(out, results, warnings, problems)
@@ -364,7 +365,14 @@ def evaluate(
         "tta": list(config.predict.tta),
         "data": str(data),
     }
+    results["ms_per_observation"] = ms_per_observation(results)
     return results
+
+
+def ms_per_observation(results: dict[str, Any]) -> float:
+    """Milliseconds to answer one observation at the measured images/s (an observation has several images)."""
+    images_per_observation = results["n_images"] / max(1, results["n_observations"])
+    return round(1000 * images_per_observation / results["images_per_second"], 1)
 
 
 @contextmanager
