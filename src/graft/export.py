@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,12 @@ class Engine:
     temperature: float = 1.0
     members: list[tuple[float, Engine]] | None = None  # an ensemble: each member preprocesses for its own backbone
 
+    @cached_property
+    def transform(self):
+        return timm.data.create_transform(**self.data_config, is_training=False)  # built once, not per request
+
     def batch(self, images: Sequence[Image.Image], views: Sequence[str]) -> tuple[np.ndarray, int]:
-        transform = timm.data.create_transform(**self.data_config, is_training=False)
+        transform = self.transform
         tta = self.config.predict.tta
         rows = []
         for image, view in zip(images, views, strict=True):

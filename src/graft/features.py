@@ -326,13 +326,14 @@ class ViewPreparer:
     def __init__(self, view_config: ViewsConfig, cache_dir: str | Path | None):
         self.view_config, self.cache_dir = view_config, cache_dir
         self._stores: dict[str, ChunkStore] = {}
+        self._digests: dict[Path, str] = {}  # training reads each image every epoch: hash it once
 
     def __call__(self, image, record):
         key = params_key(record.view, self.view_config)
         if not key:
             return image
         store = self._stores.get(key) or self._stores.setdefault(key, decision_store(self.cache_dir, key))
-        digest = file_digest(record.path)
+        digest = self._digests.get(record.path) or self._digests.setdefault(record.path, file_digest(record.path))
         if digest in store:
             return apply(image, Decision.from_row(store.get([digest])[0]))
         return apply(image, decide(image, record.view, self.view_config))

@@ -156,7 +156,7 @@ def fit(
     classifier = Classifier(backbone, nn.Identity(), [], config)
     feature_set = classifier.manifest_features(manifest, progress)
     manifest = manifest.without(feature_set.failures)
-    warnings += check_trainable(manifest)
+    warnings += [w for w in check_trainable(manifest) if w not in warnings]  # only what skipped images changed
     classifier.labels = sorted({r.label for r in manifest.where("train")})
     train = _arrays(manifest.where("train"), feature_set, classifier.labels)
     head_fit = fit_head(
