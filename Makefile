@@ -26,6 +26,7 @@ browser:
 
 test: $(VENV)/.test-installed browser
 	$(BIN)/ruff check src tests bench
+	cd src && ../$(BIN)/lint-imports --config ../pyproject.toml --no-cache
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test-installed

@@ -19,8 +19,10 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from graft.config import GraftConfig
-from graft.pipeline import Classifier, _arrays, fit, load_run, prepare_manifest, score
-from graft.report import results_table
+from graft.evaluation.evaluate import score
+from graft.model.classifier import Classifier
+from graft.run import load_run, results_table
+from graft.training.fit import fit, labelled_features, prepare_manifest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -44,9 +46,9 @@ def logistic_baseline(data: Path, run_dir: Path) -> dict:
     feature_set = classifier.manifest_features(manifest)
     manifest = manifest.without(feature_set.failures)
     has_test = bool(manifest.where("test").records)
-    parts = [_arrays(manifest.where("train"), feature_set, classifier.labels)]
+    parts = [labelled_features(manifest.where("train"), feature_set, classifier.labels)]
     if has_test:
-        parts.append(_arrays(manifest.where("val"), feature_set, classifier.labels))
+        parts.append(labelled_features(manifest.where("val"), feature_set, classifier.labels))
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     scaler = StandardScaler().fit(x)
     model = LogisticRegression(C=1.0, max_iter=3000).fit(scaler.transform(x), y)

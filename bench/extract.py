@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from graft.backbones import create_backbone
-from graft.features import default_workers, extract_features, file_digest
-from graft.images import is_image_path, load_rgb
+from graft.config import FeatureConfig
+from graft.data.images import is_image_path, load_rgb
+from graft.features.backbones import create_backbone
+from graft.features.extract import default_workers, extract_features
+from graft.files import file_digest
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "leafsnap-dev"
 
@@ -34,7 +36,8 @@ def raw_forward(backbone, batches) -> float:
 def pipeline(backbone, paths, batch_size, workers) -> float:
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        result = extract_features(paths, backbone, cache, batch_size=batch_size, num_workers=workers)
+        settings = FeatureConfig(cache_dir=cache, batch_size=batch_size, num_workers=workers)
+        result = extract_features(paths, backbone, settings)
         assert result.extracted == len(paths), "every image must be extracted (fresh cache)"
         return len(paths) / (time.perf_counter() - start)
 

@@ -22,12 +22,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
 
-from graft.augment import training_transform
-from graft.backbones import create_backbone
-from graft.config import FineTuneConfig, HeadConfig
-from graft.finetune import FineTuneModule, ImageDataset, ValidationInfo
-from graft.head import build_head
-from graft.manifest import load_manifest
+from graft.config import FineTuneConfig, HeadConfig, ViewsConfig
+from graft.data.manifest import load_manifest
+from graft.features.backbones import create_backbone
+from graft.features.preparation import Preparation
+from graft.model.head import build_head
+from graft.training.augment import training_transform
+from graft.training.finetune_module import FineTuneModule, ImageDataset, ValidationInfo
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "leafsnap-dev"
 
@@ -50,8 +51,8 @@ class EpochClock(Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def pipeline(module, records, label_index, transform, config, size) -> float:
-    loader = DataLoader(ImageDataset(records, label_index, transform, size), batch_size=config.batch_size,
+def pipeline(module, records, label_index, preparation, config) -> float:
+    loader = DataLoader(ImageDataset(records, label_index, preparation), batch_size=config.batch_size,
                         shuffle=True, num_workers=0)
     clock = EpochClock()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -100,9 +101,10 @@ def main() -> None:
     backbone = create_backbone()
     head = build_head(backbone.num_features, len(labels_sorted), HeadConfig())
     config = FineTuneConfig(batch_size=args.batch_size, num_workers=0)
-    transform = training_transform(backbone.data_config, config.augment)
+    preparation = Preparation(training_transform(backbone.data_config, config.augment), backbone.data_config,
+                              ViewsConfig())
     size = backbone.data_config["input_size"]
-    dataset = ImageDataset(records, label_index, transform, size)
+    dataset = ImageDataset(records, label_index, preparation)
     items = [dataset[i] for i in range(len(dataset))]
     images, targets = torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items])
     batches, labels = list(images.split(args.batch_size)), list(targets.split(args.batch_size))
@@ -114,7 +116,7 @@ def main() -> None:
                                      ("bf16-mixed", True)):
         results[(precision, channels_last)] = raw(model, batches, labels, precision, channels_last)
     module = StepOnly(copy.deepcopy(backbone.model), copy.deepcopy(head), config, info)  # graft's defaults
-    pipe = pipeline(module, records, label_index, transform, config, size)
+    pipe = pipeline(module, records, label_index, preparation, config)
     same = results[(config.precision, config.channels_last)]
     base = results[("32-true", False)]
     print(f"tf_efficientnet_lite0 at {size[-1]} px, {len(records)} images, batch {args.batch_size}, "

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 from graft.config import GraftConfig
-from graft.demo import elpv_manifest
-from graft.pipeline import fit
+from graft.data.demo import elpv_manifest
+from graft.training.fit import fit
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from graft.export import ONNX_FILE, export_onnx
-from graft.manifest import read_csv
-from graft.serve import create_app
+from graft.run import RunFiles, evaluation_part, read_manifest
+from graft.serving.app import create_app
+from graft.serving.onnx import export_onnx
 
 
 def serve(run: Path, engine: str) -> tuple[uvicorn.Server, str]:
@@ -52,11 +52,9 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--requests", type=int, default=30)
     args = parser.parse_args()
-    if not (args.run / ONNX_FILE).is_file():
+    if not RunFiles(args.run).onnx.is_file():
         export_onnx(args.run)
-    manifest = read_csv(args.run / "manifest.csv")
-    part = manifest.where("test").records or manifest.where("val").records
-    photos = [r.path for r in part[:3]]
+    photos = [r.path for r in evaluation_part(read_manifest(args.run)).records[:3]]
     results = {}
     for engine in ("torch", "onnx"):
         server, url = serve(args.run, engine)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from graft.config import GraftConfig, ViewsConfig
-from graft.images import load_rgb
-from graft.manifest import load_manifest
-from graft.pipeline import fit
-from graft.report import results_table
-from graft.sheets import sample_per_view
-from graft.views import apply, decide
+from graft.data.images import load_rgb
+from graft.data.manifest import load_manifest
+from graft.run import results_table
+from graft.training.fit import fit
+from graft.views.preprocess import apply, decide
+from graft.views.sheet import sample_per_view
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -14,6 +14,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
 
+def fixture_seed(label_index: int, image_index: int) -> int:
+    """A fixed seed per fixture image (never ``hash()``, which Python salts per process)."""
+    return 1000 * label_index + image_index
+
+
 def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 40) -> Path:
     rng = np.random.default_rng(seed)
     pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
@@ -26,9 +31,9 @@ def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 
 def folder_data(tmp_path: Path) -> Path:
     """root/<colour>/<n>.png: 3 classes x 8 images, separable by colour."""
     root = tmp_path / "data"
-    for label, colour in COLOURS.items():
+    for label_index, (label, colour) in enumerate(COLOURS.items()):
         for i in range(8):
-            make_image(root / label / f"{i}.png", colour, seed=hash((label, i)) % 2**32)
+            make_image(root / label / f"{i}.png", colour, seed=fixture_seed(label_index, i))
     return root
 
 

@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from graft.augment import OneGroupAugment, build_groups, training_transform
-from graft.backbones import create_backbone
 from graft.config import AugmentConfig
+from graft.features.backbones import create_backbone
+from graft.training.augment import OneGroupAugment, build_groups, training_transform
 
 
 class Spy(nn.Module):

@@ -3,8 +3,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from graft.backbones import create_backbone, offline_weights_path
 from graft.errors import BackboneError
+from graft.features.backbones import create_backbone, offline_weights_path
 
 
 def test_offline_default_is_lite0_with_its_preprocessing():
@@ -24,7 +24,7 @@ def test_identity_depends_on_weights_only():
     assert a.identity == b.identity
     with torch.no_grad():
         b.model.conv_stem.weight.add_(1e-3)
-    from graft.backbones import weights_identity
+    from graft.features.backbones import weights_identity
 
     assert weights_identity(b.model) != a.identity
 

@@ -10,8 +10,8 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from graft.pipeline import fit
-from graft.serve import create_app
+from graft.serving.app import create_app
+from graft.training.fit import fit
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -52,3 +52,64 @@ def test_help_everywhere():
     for command in ["fit", "evaluate", "predict", "inspect", "demo"]:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+# Usage mistakes (issue 15): the usage line, the reason, "Try 'graft X --help'", exit 2, never a traceback.
+COMMANDS_WITH_ARGUMENTS = ["fit", "finetune", "evaluate", "predict", "inspect", "ensemble", "report", "serve",
+                           "export", "preview-views"]
+
+
+def usage_error(args: list[str]):
+    result = runner.invoke(app, args, prog_name="graft")
+    assert result.exit_code == 2, (args, result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    return result.output
+
+
+def test_every_command_names_its_missing_argument():
+    for command in COMMANDS_WITH_ARGUMENTS:
+        output = usage_error([command])
+        assert "Missing argument" in output and f"graft {command} --help" in output, (command, output)
+
+
+def test_every_command_refuses_an_unknown_option():
+    for command in [*COMMANDS_WITH_ARGUMENTS, "demo"]:
+        output = usage_error([command, "--bogus"])
+        assert "No such option" in output and "--bogus" in output, (command, output)
+
+
+def test_bad_option_values_are_named(tmp_path):
+    cases = [
+        (["fit", str(tmp_path), "--out", str(tmp_path / "r"), "--epochs", "abc"], "--epochs"),
+        (["finetune", str(tmp_path), "--lr", "fast"], "--lr"),
+        (["predict", str(tmp_path), "x.jpg", "--top", "many"], "--top"),
+        (["serve", str(tmp_path), "--port", "http"], "--port"),
+        (["preview-views", str(tmp_path), "--out", "s.png", "--per-view", "x"], "--per-view"),
+    ]
+    for args, option in cases:
+        output = usage_error(args)
+        assert "Invalid value" in output and option in output, (args, output)
+
+
+def test_unknown_command_and_option_at_the_top():
+    assert "No such command" in usage_error(["foo"])
+    assert "No such option" in usage_error(["--nope"])
+
+
+def test_version_and_no_arguments():
+    result = runner.invoke(app, ["--version"], prog_name="graft")
+    assert result.exit_code == 0 and result.output.strip() == "graft 0.1.0"
+    verbose = runner.invoke(app, ["--version", "--verbose"], prog_name="graft")
+    assert verbose.exit_code == 0 and "torch " in verbose.output and "onnxruntime " in verbose.output
+    bare = runner.invoke(app, [], prog_name="graft")
+    assert bare.exit_code == 0 and "Usage" in bare.output and "fit" in bare.output
+
+
+def test_usage_errors_through_the_installed_entry_point_have_no_traceback():
+    for args, reason in ((["foo"], "No such command"), (["fit"], "Missing argument"),
+                         (["fit", ".", "--out", "r", "--epochs", "abc"], "Invalid value")):
+        process = subprocess.run([sys.executable, "-m", "graft", *args], capture_output=True, text=True)
+        assert process.returncode == 2, (args, process.stderr)
+        assert reason in process.stderr and "Traceback" not in process.stderr + process.stdout
+        assert "--help" in process.stderr

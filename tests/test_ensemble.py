@@ -6,10 +6,13 @@ from typer.testing import CliRunner
 
 from conftest import make_image
 from graft.cli import app
-from graft.ensemble import Ensemble, load_model, make_ensemble
+from graft.data.manifest import read_csv
 from graft.errors import RunError
-from graft.manifest import read_csv
-from graft.pipeline import evaluate, fit, load_run
+from graft.evaluation.evaluate import evaluate
+from graft.model.ensemble import Ensemble
+from graft.run import load_model, load_run
+from graft.training.ensemble import make_ensemble
+from graft.training.fit import fit
 
 
 @pytest.fixture
@@ -60,7 +63,7 @@ def test_predict_accepts_an_ensemble(two_runs, folder_data, tmp_path):
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "ens"), image, "--json"])
     assert result.exit_code == 0, result.output
     ranking = json.loads(result.output)["ranking"]
-    assert len(ranking) == 3 and sum(p for _, p in ranking) == pytest.approx(1.0)
+    assert len(ranking) == 3 and sum(r["probability"] for r in ranking) == pytest.approx(1.0)
 
 
 def test_report_compares_models_in_markdown_and_self_contained_html(two_runs, tmp_path):

@@ -7,11 +7,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from conftest import COLOURS, make_image
+from conftest import COLOURS, fixture_seed, make_image
 from graft.errors import ConfigError
-from graft.finetune_run import _save_finetuned, finetune
-from graft.head import resolve_class_weights
-from graft.pipeline import fit, load_run
+from graft.run import RunFiles, load_run
+from graft.training.finetune import finetune, save_finetuned
+from graft.training.fit import fit
+from graft.training.head import resolve_class_weights
 
 
 @pytest.fixture
@@ -137,7 +138,7 @@ def test_kept_finetuned_model_is_what_load_run_serves(run):
     model = load_run(run)
     with torch.no_grad():
         model.backbone.model.conv_stem.weight.mul_(0.5)
-    _save_finetuned(run, model, model.config)
+    save_finetuned(RunFiles(run), model, model.config)
     reloaded = load_run(run)
     assert torch.equal(reloaded.backbone.model.conv_stem.weight, model.backbone.model.conv_stem.weight)
     assert (run / "head-only.safetensors").is_file()
@@ -145,9 +146,9 @@ def test_kept_finetuned_model_is_what_load_run_serves(run):
 
 def test_two_process_ddp_gathers_validation_once(tmp_path, tiny_config):
     # 5 validation images over 2 ranks: the sampler pads to 6; metrics must count 5
-    for label, count in zip(COLOURS, (8, 8, 5), strict=True):
+    for label_index, (label, count) in enumerate(zip(COLOURS, (8, 8, 5), strict=True)):
         for i in range(count):
-            make_image(tmp_path / "data" / label / f"{i}.png", COLOURS[label], seed=hash((label, i)) % 2**32)
+            make_image(tmp_path / "data" / label / f"{i}.png", COLOURS[label], seed=fixture_seed(label_index, i))
     config = tiny_config.updated({"finetune.batch_size": 2, "finetune.num_workers": 0, "finetune.lr": 1e-12})
     result = fit(tmp_path / "data", tmp_path / "run", config)
     assert result.results["n_val_images"] == 5

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from graft.config import HeadConfig
-from graft.head import Standardize, build_head, class_weights, fit_head
+from graft.model.head import Standardize, build_head
+from graft.training.head import class_weights, fit_head
 
 
 def blobs(n, seed, classes=3, dim=16):

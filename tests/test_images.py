@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from graft.data.images import load_rgb
 from graft.errors import ImageError
-from graft.images import load_rgb
 
 
 def save(tmp_path, image: Image.Image, name: str, **kwargs):

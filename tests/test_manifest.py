@@ -1,8 +1,8 @@
 import pytest
 
 from conftest import SHARED, make_image
+from graft.data.manifest import load_manifest, read_csv, read_lifeclef
 from graft.errors import DataError
-from graft.manifest import load_manifest, read_csv, read_lifeclef
 
 XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Image><ObservationId>{obs}</ObservationId><FileName>{name}</FileName><MediaId>1</MediaId><Content>Leaf</Content>

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from graft.metrics import lifeclef_score, top_k, true_label_ranks
+from graft.evaluation.metrics import lifeclef_score, top_k, true_label_ranks
 
 
 def test_ranks_from_scores():

@@ -3,15 +3,17 @@
 import numpy as np
 
 from conftest import SHARED
-from graft.backbones import create_backbone
-from graft.demo import ELPV_CLASSES, elpv_manifest
-from graft.features import extract_features
+from graft.config import FeatureConfig
+from graft.data.demo import ELPV_CLASSES, elpv_manifest
+from graft.features.backbones import create_backbone
+from graft.features.extract import extract_features
 
 
 def test_lite0_separates_two_real_species(tmp_path):
     folders = sorted(p for p in (SHARED / "flavia").iterdir() if p.is_dir())[:2]
     paths = [sorted(folder.glob("*.jpg"))[:4] for folder in folders]
-    result = extract_features(paths[0] + paths[1], create_backbone(), tmp_path, batch_size=8, num_workers=0)
+    result = extract_features(paths[0] + paths[1], create_backbone(),
+                              FeatureConfig(cache_dir=str(tmp_path), batch_size=8, num_workers=0))
     features = result.features / np.linalg.norm(result.features, axis=1, keepdims=True)
     similarity = features @ features.T
     within = (similarity[:4, :4].mean() + similarity[4:, 4:].mean()) / 2

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
+from graft.data.manifest import ImageRecord, Manifest
+from graft.data.splits import assign_splits, check_trainable
 from graft.errors import DataError
-from graft.manifest import ImageRecord, Manifest
-from graft.splits import assign_splits, check_trainable
 
 
 def manifest(n_labels=3, observations=40, images=3, test_every=0):

@@ -2,12 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-import graft.features
+import graft.features.preparation
 from conftest import make_image
-from graft.augment import DEFAULT_TTA, TTA_VIEWS, tta_views
-from graft.backbones import create_backbone
-from graft.features import extract_features
-from graft.pipeline import fit, load_run
+from graft.config import FeatureConfig
+from graft.features.backbones import create_backbone
+from graft.features.extract import extract_features
+from graft.features.tta import DEFAULT_TTA, TTA_VIEWS, tta_views
+from graft.run import load_run
+from graft.training.fit import fit
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ def images(tmp_path):
 
 
 def extract(paths, backbone, cache, tta=()):
-    return extract_features(paths, backbone, cache, batch_size=4, num_workers=0, tta=tta)
+    return extract_features(paths, backbone, FeatureConfig(cache_dir=str(cache), batch_size=4, num_workers=0), tta=tta)
 
 
 def test_original_view_is_the_plain_feature_bit_for_bit(tmp_path, images, backbone):
@@ -42,8 +44,8 @@ def test_identity_only_tta_equals_plain_prediction(folder_data, tiny_config, tmp
 
 def test_each_image_is_decoded_once_and_views_are_cached(tmp_path, images, backbone, monkeypatch):
     decoded = []
-    original = graft.features.load_rgb
-    monkeypatch.setattr(graft.features, "load_rgb", lambda path: decoded.append(path) or original(path))
+    original = graft.features.preparation.load_rgb
+    monkeypatch.setattr(graft.features.preparation, "load_rgb", lambda path: decoded.append(path) or original(path))
     first = extract(images, backbone, tmp_path / "cache", DEFAULT_TTA)
     assert sorted(decoded) == sorted(images) and first.extracted == 30
     assert extract(images, backbone, tmp_path / "cache", DEFAULT_TTA).extracted == 0

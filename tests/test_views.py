@@ -3,10 +3,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import make_image
-from graft.backbones import create_backbone
-from graft.config import ViewsConfig
-from graft.features import extract_features
-from graft.views import Decision, apply, decide, params_key, preprocess
+from graft.config import FeatureConfig, ViewsConfig
+from graft.features.backbones import create_backbone
+from graft.features.extract import extract_features
+from graft.views.preprocess import Decision, apply, decide, params_key, preprocess
 
 ON = ViewsConfig(enabled=True)
 
@@ -83,20 +83,20 @@ def test_preprocessing_never_mixes_features_and_decisions_are_cached(tmp_path, m
     paths = [make_image(tmp_path / f"{i}.png", (40, 90, 40), i, size=48) for i in range(4)]
     backbone = create_backbone("test_efficientnet", pretrained=False, image_size=32)
 
+    settings = FeatureConfig(cache_dir=str(tmp_path / "cache"), batch_size=4, num_workers=0)
+
     def run(config):
-        return extract_features(paths, backbone, tmp_path / "cache", batch_size=4, num_workers=0,
-                                views=["Flower"] * 4, view_config=config)
+        return extract_features(paths, backbone, settings, views=["Flower"] * 4, view_config=config)
 
     plain = run(ViewsConfig())
     cropped = run(ON)
     assert cropped.extracted == 4  # turning preprocessing on never reads the plain features
     assert run(ViewsConfig()).extracted == 0 and run(ON).extracted == 0
     calls = []
-    import graft.features
+    import graft.features.preparation
 
-    monkeypatch.setattr(graft.features, "decide", lambda *a: calls.append(a) or Decision())
+    monkeypatch.setattr(graft.features.preparation, "decide", lambda *a: calls.append(a) or Decision())
     other = create_backbone("test_efficientnet", pretrained=False, image_size=40)
-    extract_features(paths, other, tmp_path / "cache", batch_size=4, num_workers=0, views=["Flower"] * 4,
-                     view_config=ON)
+    extract_features(paths, other, settings, views=["Flower"] * 4, view_config=ON)
     assert calls == []  # a new backbone reuses the cached crop decisions
     assert not np.array_equal(plain.features, cropped.features)

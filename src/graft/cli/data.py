@@ -1,0 +1,69 @@
+"""Commands that look at data: ``inspect``, ``preview-views``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from graft.cli.app import ConfigOpt, DataArg, app, console, error_console, load_config, warn
+from graft.errors import GraftError
+
+
+@app.command()
+def inspect(
+    data: DataArg,
+    config: ConfigOpt = None,
+    no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip decoding every image.")] = False,
+) -> None:
+    """Counts per label, view, split and user, and every unreadable file or skipped row."""
+    from graft.data.inspect import summarize
+    from graft.data.manifest import load_manifest
+    from graft.data.splits import assign_splits, check_trainable
+
+    settings = load_config(config)
+    manifest = assign_splits(load_manifest(data, settings.data.format, settings.data.columns),
+                             settings.data.val_fraction, settings.data.seed)
+    summary = summarize(manifest, check_images=not no_decode)
+    console.print(f"[bold]{summary.source}[/]: {summary.n_images} images, {summary.n_observations} observations, "
+                  f"{len(summary.per_label)} labels, {len(summary.observations_per_user)} users")
+    for title, counts in (("split", summary.per_split), ("view", summary.per_view),
+                          ("label", summary.per_label), ("observations per user", summary.observations_per_user)):
+        table = Table(title=title, show_edge=False)
+        table.add_column(title)
+        table.add_column("count", justify="right")
+        for key, count in counts.most_common(25):
+            table.add_row(key, str(count))
+        if len(counts) > 25:
+            table.add_row(f"… {len(counts) - 25} more", str(sum(c for _, c in counts.most_common()[25:])))
+        console.print(table)
+    for line in summary.problems + summary.unreadable:
+        error_console.print(f"[yellow]problem:[/] {line}", highlight=False, soft_wrap=True)
+    try:
+        for warning in check_trainable(manifest):
+            warn(warning)
+    except GraftError as error:
+        error_console.print(f"[red]cannot train on this data:[/] {error}", highlight=False, soft_wrap=True)
+
+
+@app.command("preview-views")
+def preview_views(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG contact sheet to write.")],
+    per_view: Annotated[int, typer.Option(help="Images shown per view.")] = 4,
+    config: ConfigOpt = None,
+    default_view: Annotated[str | None, typer.Option(help="View of images without one, e.g. LeafScan.")] = None,
+) -> None:
+    """Contact sheet of per-view preprocessing: before (box drawn) and after, per view, to judge the crops."""
+    from graft.data.manifest import load_manifest
+    from graft.views.sheet import contact_sheet
+
+    settings = load_config(config, data__default_view=default_view)
+    manifest = load_manifest(data, settings.data.format, settings.data.columns)
+    fallbacks = contact_sheet(manifest.with_default_view(settings.data.default_view), settings.views, out, per_view)
+    shown = ", ".join(f"{view}: {count} fell back" for view, count in fallbacks.items())
+    console.print(f"wrote {out} ({shown})")
+
+

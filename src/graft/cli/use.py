@@ -1,0 +1,127 @@
+"""Commands that use a trained model: ``evaluate``, ``predict``, ``report``, ``export``, ``serve``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markdown import Markdown
+from rich.table import Table
+
+from graft.cli.app import DataArg, FusionOpt, QuietOpt, RunArg, TtaOpt, app, console, error_console, tta_names
+from graft.errors import ConfigError, GraftError
+
+
+@app.command()
+def evaluate(
+    run: RunArg,
+    data: DataArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the results JSON here.")] = None,
+    tta: TtaOpt = None,
+    fusion: FusionOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score a run on a dataset (its test part if it names one, else every image)."""
+    from graft.evaluation.evaluate import evaluate as evaluate_run
+    from graft.run import results_table, write_results_json
+
+    results = evaluate_run(run, data, progress=not (quiet or as_json), tta=tta_names(tta), fusion=fusion)
+    if out:
+        write_results_json(out, results)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        console.print(Markdown(results_table([(f"{run.name} on {data.name}", results)])))
+
+
+@app.command()
+def predict(
+    run: RunArg,
+    images: Annotated[list[Path], typer.Argument(help="Photos of ONE observation (subject).")],
+    top: Annotated[int | None, typer.Option(help="How many labels to list.")] = None,
+    fusion: FusionOpt = None,
+    view: Annotated[list[str], typer.Option(help="View of each photo in order (Flower, Leaf...), repeatable.")] = [],  # noqa: B006
+    tta: TtaOpt = None,
+    reject_threshold: Annotated[float | None, typer.Option(help="Say 'unknown' below this top probability.")] = None,
+    engine: Annotated[str, typer.Option(help="auto (onnx if the run was exported), onnx, or torch.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the HTTP answer's shape).")] = False,
+) -> None:
+    """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
+    from graft.model.identification import identify
+    from graft.serving.engine import load_engine
+
+    if view and len(view) != len(images):
+        raise ConfigError(f"--view given {len(view)} time(s) for {len(images)} image(s); give one per image or none")
+    model = load_engine(run, engine)  # onnx when exported (auto), else the run itself through the feature cache
+    answer = identify(model, images, view or None, fusion=fusion, top=top, tta=tta_names(tta),
+                      reject_threshold=reject_threshold)
+    for path, reason in answer.failures.items():
+        error_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
+    if not answer.ranking:
+        raise GraftError("no readable image among the inputs; nothing to identify")
+    if as_json:
+        print(json.dumps(answer.to_json(), indent=2))
+        return
+    if answer.unknown:
+        threshold = model.config.predict.reject_threshold if reject_threshold is None else reject_threshold
+        console.print(f"[bold yellow]unknown[/]: top probability {answer.ranking[0].probability:.3f} is below "
+                      f"{threshold}; the closest labels were:")
+    table = Table(title=f"{len(answer.per_image)} image(s), fusion: {answer.fusion}")
+    table.add_column("rank", justify="right")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for rank, (label, probability) in enumerate(answer.ranking, start=1):
+        table.add_row(str(rank), label, f"{probability:.3f}")
+    console.print(table)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run or ensemble directories to compare.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (report.md, report.html).")],
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Also score each model with test-time views.")] = False,
+) -> None:
+    """Models side by side: S, Top-k, speed, calibration, coverage, fusion rules, confusions, per-view accuracy."""
+    from graft.evaluation.report import build_report
+
+    page = build_report(runs, out, tta)
+    console.print(Markdown((out / "report.md").read_text().split("\n## ")[0]))
+    console.print(f"report: {page} (self-contained HTML) and {out / 'report.md'}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory (not an ensemble).")],
+    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+) -> None:
+    """Export backbone + head for fast CPU inference (onnxruntime); serve and predict then use it."""
+    from graft.serving.onnx import export_onnx
+
+    if format != "onnx":
+        raise ConfigError(f"--format {format!r} is not supported; use onnx")
+    path = export_onnx(run)
+    console.print(f"wrote {path} and {path.name}.json (preprocessing, labels, temperature)")
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run or ensemble directory to serve.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    engine: Annotated[str, typer.Option(help="auto (onnx if exported), onnx or torch.")] = "auto",
+    max_files: Annotated[int, typer.Option(help="Photos per request.")] = 12,
+    max_mb: Annotated[float, typer.Option(help="Megabytes per photo.")] = 15.0,
+) -> None:
+    """Web page at /, POST /identify, GET /health and /labels, OpenAPI docs at /docs."""
+    import uvicorn
+
+    from graft.serving.app import Limits, create_app
+
+    limits = Limits(max_files=max_files, max_bytes=int(max_mb * 1024 * 1024))
+    console.print(f"serving {run} on http://{host}:{port}/ (engine {engine})")
+    uvicorn.run(create_app(run, engine, limits), host=host, port=port, log_level="warning")
+
+

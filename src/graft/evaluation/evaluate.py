@@ -1,0 +1,59 @@
+"""Scoring a model on data: ``graft evaluate``, and the scoring of a fitted head that ``fit`` and ``finetune`` use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.data.manifest import ImageRecord, load_manifest
+from graft.evaluation.metrics import score_probabilities
+from graft.model.classifier import Classifier
+from graft.model.identification import Model
+from graft.run import load_model
+
+
+def score(classifier: Classifier, records: Sequence[ImageRecord], features: np.ndarray,
+          fusion: str | None = None) -> dict[str, Any]:
+    """S and top-k per observation, top-1 per image, for ``features`` of ``records``."""
+    probabilities = classifier.predict_proba(features)
+    return score_probabilities(probabilities, records, classifier.labels, fusion or classifier.config.predict.fusion)
+
+
+def ms_per_observation(results: dict[str, Any]) -> float:
+    """Milliseconds to answer one observation at the measured images/s (an observation has several images)."""
+    images_per_observation = results["n_images"] / max(1, results["n_observations"])
+    return round(1000 * images_per_observation / results["images_per_second"], 1)
+
+
+def evaluate_model(model: Model, part, tta: Sequence[str] | None = None, fusion: str | None = None,
+                   progress: bool = False) -> tuple[dict[str, Any], Any, np.ndarray]:
+    """(results with speed, the readable records, their probabilities) of ``model`` on the manifest ``part``."""
+    fusion = fusion or model.config.predict.fusion
+    kept, probabilities, failures = model.image_probabilities(part, tta, progress)
+    results = score_probabilities(probabilities, kept.records, model.labels, fusion)
+    results["images_per_second"] = model.measure_throughput(kept, tta)
+    results["ms_per_observation"] = ms_per_observation(results)
+    results["skipped_images"] = len(failures)
+    return results, kept, probabilities
+
+
+def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False, tta: Sequence[str] | None = None,
+             fusion: str | None = None) -> dict[str, Any]:
+    """Score a run (or ensemble) on a dataset: its test part when it names one, otherwise every image.
+
+    ``tta`` (test-time views) and ``fusion`` override the run's settings for this evaluation only.
+    """
+    model = load_model(run_dir)
+    config = model.config
+    manifest = load_manifest(data, config.data.format, config.data.columns).with_default_view(config.data.default_view)
+    part = manifest.where("test") if manifest.where("test").records else manifest
+    results, kept, _ = evaluate_model(model, part, tta, fusion, progress)
+    results |= {
+        "evaluated_on": "test" if kept.records and kept.records[0].split == "test" else "all",
+        "tta": list(config.predict.tta if tta is None else tta),
+        "data": str(data),
+    }
+    return results

@@ -1,0 +1,239 @@
+"""Bottleneck features, extracted once and cached on disk by content (see :mod:`graft.features.cache`).
+
+Each image is read and hashed, looked up in the cache, and only the missing ones are decoded, prepared
+(:class:`~graft.features.preparation.Preparation`) and run through the backbone in batches; the new rows are written
+in chunks, so a killed run keeps every finished chunk. A bad image is skipped and listed, never the end of a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from graft.config import FeatureConfig, ViewsConfig
+from graft.errors import ImageError
+from graft.features.backbones import Backbone
+from graft.features.cache import FeatureCache
+from graft.features.preparation import ORIGINAL, Preparation
+from graft.files import file_digest
+from graft.store import ChunkStore
+from graft.views.decisions import decision_store
+from graft.views.preprocess import Decision, params_key
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class FeatureSet:
+    """Features for a list of images: ``rows[i]`` belongs to ``paths[i]``; failed images are listed, not included."""
+
+    paths: list[Path]
+    features: np.ndarray
+    failures: dict[Path, str] = field(default_factory=dict)
+    extracted: int = 0  # backbone forwards this call performed (0 when everything came from the cache)
+    seconds: float = 0.0
+    view_fallbacks: Counter = field(default_factory=Counter)  # view -> images used uncropped (subject not trusted)
+    tta: tuple[str, ...] = ()  # test-time views beyond the original, when requested
+
+    def rows_for(self, paths: Sequence[Path]) -> np.ndarray:
+        """``[n, D]`` features, or ``[n, 1 + len(tta), D]`` (original first) when test-time views were requested."""
+        position = {path: i for i, path in enumerate(self.paths)}
+        return self.features[[position[p] for p in paths]]
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    view: str
+    view_key: str  # '' when the view is left unchanged
+    digest: str  # image bytes
+
+    @property
+    def row_key(self) -> str:
+        """Feature-cache key: the image bytes, plus the preprocessing that was applied to them."""
+        if not self.view_key:
+            return self.digest
+        return hashlib.sha256(f"{self.digest}:{self.view_key}".encode()).hexdigest()
+
+    def tta_key(self, name: str) -> str:
+        """Key of a test-time view's features; the original view ('') keeps the plain key, so caches are shared."""
+        return self.row_key if not name else hashlib.sha256(f"{self.row_key}:tta:{name}".encode()).hexdigest()
+
+
+class _DecodeDataset(Dataset):
+    """One image -> its needed views, through the shared preparation path; a bad image is an error string."""
+
+    def __init__(self, items: list[_Item], known: list, preparation: Preparation, needed: list[list[str]]):
+        self.items, self.known, self.preparation, self.needed = items, known, preparation, needed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        """(index, views [k, C, H, W] for the needed view names, error, decision row); decoded once."""
+        item, known = self.items[index], self.known[index]
+        try:
+            decision = Decision.from_row(known) if known is not None else None
+            views, decision = self.preparation.load(item.path, item.view, self.needed[index], decision)
+            return index, views, "", decision.to_row()
+        except ImageError as error:
+            return index, self.preparation.empty(), str(error), Decision().to_row()
+        except Exception as error:  # a transform failing on a strange image must not end the run
+            return index, self.preparation.empty(), f"{item.path}: {error}", Decision().to_row()
+
+
+def _collate(batch):
+    """Images contribute different numbers of views: stack them all into one forward batch."""
+    indices, views, errors, decisions = zip(*batch, strict=True)
+    counts = [len(v) for v in views]
+    return list(indices), torch.cat(views), list(errors), torch.from_numpy(np.stack(decisions)), counts
+
+
+def default_workers() -> int:
+    """Decode workers: none on <= 2 cores, where decoding is ~10% of a forward and a worker process only takes a
+    core from torch's threads (bench/extract.py measured 0.74-0.82 of raw with 1 worker, 0.86-0.94 with 0);
+    otherwise one per spare core, up to 4."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
+
+
+def extract_features(
+    paths: Sequence[Path],
+    backbone: Backbone,
+    settings: FeatureConfig | None = None,
+    *,
+    views: Sequence[str] | None = None,
+    view_config: ViewsConfig | None = None,
+    tta: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> FeatureSet:
+    """Features for ``paths``: cached rows are read, the rest extracted in batches and cached in chunks.
+
+    ``settings`` holds the cache directory, batch size, decode workers and chunk size. ``views[i]`` is the view of
+    ``paths[i]`` (Flower, Leaf, ...); with ``view_config.enabled`` each image is preprocessed for its view first.
+    ``tta`` names test-time views (see ``features.tta.TTA_VIEWS``): their features are cached like any other and
+    returned as ``[n, 1 + len(tta), D]``. ``progress(done, total)`` is called after each batch needing extraction.
+
+    Example:
+        >>> features = extract_features(paths, create_backbone(), FeatureConfig(cache_dir="cache"))
+    """
+    start = time.perf_counter()
+    settings = settings or FeatureConfig()
+    view_config = view_config or ViewsConfig()
+    cache = FeatureCache(settings.cache_dir, backbone)
+    view_of = dict(zip((Path(p) for p in paths), views or [""] * len(paths), strict=True))
+    digests, failures = _digests(list(view_of))
+    items = [_Item(p, v, params_key(v, view_config), digests[p]) for p, v in view_of.items() if p in digests]
+    names = (ORIGINAL, *tta)
+    missing = {}
+    for item in items:
+        needed = [name for name in names if item.tta_key(name) not in cache]
+        if needed and item.row_key not in missing:
+            missing[item.row_key] = (item, needed)
+    stores = {key: decision_store(settings.cache_dir, key) for key in {item.view_key for item in items} if key}
+    preparation = Preparation(backbone.transform(), backbone.data_config, view_config)
+    extracted = _extract_missing(list(missing.values()), backbone, cache, stores, preparation, settings, failures,
+                                 progress)
+    good = [item for item in items if item.path not in failures]
+    if not good:
+        features = np.zeros((0, backbone.num_features), np.float32)
+    elif tta:
+        features = np.stack([cache.get([item.tta_key(name) for item in good]) for name in names], axis=1)
+    else:
+        features = cache.get([item.row_key for item in good])
+    fallbacks = _count_fallbacks(good, stores)
+    seconds = time.perf_counter() - start
+    return FeatureSet([i.path for i in good], features, failures, extracted, seconds, fallbacks, tuple(tta))
+
+
+def _digests(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
+    digests, failures = {}, {}
+    for path in paths:
+        try:
+            digests[path] = file_digest(path)
+        except OSError as error:
+            failures[path] = f"{path}: cannot read ({error.strerror or error}); fix or remove the file"
+    return digests, failures
+
+
+def _count_fallbacks(items: Sequence[_Item], stores: dict[str, ChunkStore]) -> Counter:
+    counts: Counter = Counter()
+    for item in items:
+        store = stores.get(item.view_key)
+        if store is not None and item.digest in store and Decision.from_row(store.get([item.digest])[0]).fallback:
+            counts[item.view] += 1
+    return counts
+
+
+def _extract_missing(todo, backbone: Backbone, cache: FeatureCache, stores: dict[str, ChunkStore],
+                     preparation: Preparation, settings: FeatureConfig, failures: dict, progress: Progress | None) -> int:
+    if progress:
+        progress(0, len(todo))
+    if not todo:
+        return 0
+    items, needed = [item for item, _ in todo], [names for _, names in todo]
+    known = [stores[i.view_key].get([i.digest])[0] if i.view_key and i.digest in stores[i.view_key] else None
+             for i in items]
+    workers = default_workers() if settings.num_workers is None else settings.num_workers
+    loader = DataLoader(_DecodeDataset(items, known, preparation, needed), batch_size=settings.batch_size,
+                        num_workers=workers, collate_fn=_collate)
+    pending = _Pending()
+    extracted = 0
+    with torch.inference_mode():
+        for indices, images, errors, decisions, counts in loader:
+            rows = forward_in_batches(backbone, images, settings.batch_size)
+            offsets = np.cumsum([0, *counts])
+            for position, (index, error) in enumerate(zip(indices, errors, strict=True)):
+                if error:
+                    failures[items[index].path] = error
+                    continue
+                item = items[index]
+                keys = [item.tta_key(name) for name in needed[index]]
+                pending.add(item, keys, rows[offsets[position] : offsets[position + 1]],
+                            decisions[position].numpy(), known[index] is None)
+            extracted += len(images)
+            if len(pending.feature_keys) >= settings.chunk_size:
+                pending.flush(cache, stores)
+            if progress:
+                progress(indices[-1] + 1, len(todo))
+    pending.flush(cache, stores)
+    return extracted
+
+
+def forward_in_batches(backbone: Backbone, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Features of ``images``; test-time views multiply a batch, so forwards stay at ``batch_size`` (192 views at
+    once ran 2x slower per image on this CPU)."""
+    chunks = [backbone(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, backbone.num_features), np.float32)
+
+
+class _Pending:
+    """Rows waiting to be written as one chunk: features, and the preprocessing decisions computed for them."""
+
+    def __init__(self):
+        self.feature_keys: list[str] = []
+        self.feature_rows: list[np.ndarray] = []
+        self.decisions: dict[str, dict[str, np.ndarray]] = {}
+
+    def add(self, item: _Item, keys: list[str], rows: np.ndarray, decision: np.ndarray, is_new_decision: bool) -> None:
+        self.feature_keys.extend(keys)
+        self.feature_rows.extend(rows)
+        if item.view_key and is_new_decision:
+            self.decisions.setdefault(item.view_key, {})[item.digest] = decision
+
+    def flush(self, cache: FeatureCache, stores: dict[str, ChunkStore]) -> None:
+        # decisions first: a feature row must never be visible without the decision that produced it
+        for view_key, rows in self.decisions.items():
+            stores[view_key].add(list(rows), np.stack(list(rows.values())))
+        if self.feature_keys:
+            cache.add(self.feature_keys, np.stack(self.feature_rows))
+        self.__init__()

@@ -1,0 +1,57 @@
+"""One preprocessing path per image: decode -> per-view crop -> the backbone's transform -> test-time views.
+
+Extraction, fine-tuning and serving all prepare images through :class:`Preparation`, so a model is never served an
+image prepared differently from the ones it was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from graft.config import ViewsConfig
+from graft.data.images import load_rgb
+from graft.features.tta import tta_views
+from graft.views.preprocess import Decision, apply, decide
+
+ORIGINAL = ""  # the name of the untransformed view among test-time view names
+
+
+@dataclass
+class Preparation:
+    """``transform``: the backbone's eval transform (or the training transform when fine-tuning)."""
+
+    transform: Callable[[Image.Image], torch.Tensor]
+    data_config: dict
+    views: ViewsConfig
+
+    def prepare(self, image: Image.Image, view: str, names: Sequence[str] = (ORIGINAL,),
+                decision: Decision | None = None) -> tuple[torch.Tensor, Decision]:
+        """``[len(names), C, H, W]`` for the view names (``""`` = the original), and the crop decision used.
+
+        ``decision``: a cached one; None decides here (the contour runs only for views that have a method).
+        """
+        decision = decision if decision is not None else decide(image, view, self.views)
+        original = self.transform(apply(image, decision))
+        stacks = [original[None]] if ORIGINAL in names else []
+        extra = [name for name in names if name != ORIGINAL]
+        if extra:
+            stacks.append(tta_views(original, extra, self.data_config["mean"], self.data_config["std"]))
+        return torch.cat(stacks), decision
+
+    def load(self, path: Path, view: str, names: Sequence[str] = (ORIGINAL,),
+             decision: Decision | None = None) -> tuple[torch.Tensor, Decision]:
+        """Decode ``path`` (raises :class:`~graft.errors.ImageError` naming the file) and :meth:`prepare` it."""
+        return self.prepare(load_rgb(path), view, names, decision)
+
+    def batch(self, images: Sequence[Image.Image], views: Sequence[str], names: Sequence[str]) -> torch.Tensor:
+        """Decoded images (uploads) -> one ``[n * len(names), C, H, W]`` batch; crops decided here, nothing cached."""
+        return torch.cat([self.prepare(image, view, names)[0] for image, view in zip(images, views, strict=True)])
+
+    def empty(self) -> torch.Tensor:
+        """No views: what a failed image contributes to a batch."""
+        return torch.zeros(0, *self.data_config["input_size"])

@@ -1,0 +1,106 @@
+"""A trained model: backbone + head + labels (+ a temperature), with the config it was trained under.
+
+It satisfies :class:`~graft.model.identification.Model` twice over: files go through the feature cache
+(:meth:`image_probabilities`), decoded uploads through the same preprocessing path in memory (:meth:`probabilities`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from graft.config import GraftConfig
+from graft.data.manifest import Manifest
+from graft.features.backbones import Backbone
+from graft.features.extract import FeatureSet, extract_features, forward_in_batches
+from graft.features.preparation import ORIGINAL, Preparation
+from graft.model.fusion import softmax
+from graft.model.head import predict_logits
+from graft.model.identification import Identification, identify
+from graft.progress import progress_bar
+
+THROUGHPUT_SAMPLE = 64
+
+
+def view_names(tta: Sequence[str]) -> tuple[str, ...]:
+    return (ORIGINAL, *tta)
+
+
+def mean_over_views(logits: np.ndarray, n_images: int, temperature: float) -> np.ndarray:
+    """``[n * k, C]`` logits of k views per image -> ``[n, C]`` probabilities, averaged after the softmax."""
+    return softmax(logits / temperature).reshape(n_images, -1, logits.shape[1]).mean(axis=1)
+
+
+@dataclass
+class Classifier:
+    backbone: Backbone
+    head: nn.Module
+    labels: list[str]
+    config: GraftConfig
+    temperature: float = 1.0  # fitted on held-out logits; 1.0 = uncalibrated
+    engine = "torch"
+
+    def _tta(self, tta: Sequence[str] | None) -> tuple[str, ...]:
+        return tuple(self.config.predict.tta if tta is None else tta)
+
+    def features(self, paths: Sequence[Path], views: Sequence[str] | None = None, progress: bool = False,
+                 tta: Sequence[str] | None = None) -> FeatureSet:
+        """Features of ``paths``; with test-time views (``tta``, default: the config's) shaped ``[n, 1 + k, D]``."""
+        with progress_bar("Extracting features", progress) as report:
+            return extract_features(paths, self.backbone, self.config.features, views=views,
+                                    view_config=self.config.views, tta=self._tta(tta), progress=report)
+
+    def manifest_features(self, manifest: Manifest, progress: bool = False,
+                          tta: Sequence[str] | None = None) -> FeatureSet:
+        return self.features([r.path for r in manifest], [r.view for r in manifest], progress, tta)
+
+    def image_probabilities(self, part: Manifest, tta: Sequence[str] | None = None,
+                            progress: bool = False) -> tuple[Manifest, np.ndarray, dict]:
+        feature_set = self.manifest_features(part, progress, tta)
+        kept = part.without(feature_set.failures)
+        return kept, self.predict_proba(feature_set.rows_for([r.path for r in kept])), feature_set.failures
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities per image; test-time views (``[n, k, D]``) are averaged after the softmax."""
+        if features.ndim == 3:
+            n, k, dim = features.shape
+            return mean_over_views(predict_logits(self.head, features.reshape(n * k, dim)), n, self.temperature)
+        return softmax(predict_logits(self.head, features) / self.temperature)
+
+    @cached_property
+    def preparation(self) -> Preparation:
+        return Preparation(self.backbone.transform(), self.backbone.data_config, self.config.views)
+
+    def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
+                      tta: Sequence[str] | None = None) -> np.ndarray:
+        batch = self.preparation.batch(images, views, view_names(self._tta(tta)))
+        with torch.inference_mode():
+            features = forward_in_batches(self.backbone, batch, self.config.features.batch_size)
+        return mean_over_views(predict_logits(self.head, features), len(images), self.temperature)
+
+    def measure_throughput(self, part: Manifest, tta: Sequence[str] | None = None) -> float:
+        """Images/s of the whole uncached path (read, decode, per-view preprocessing, resize, backbone, head)."""
+        sample = part.records[:THROUGHPUT_SAMPLE]
+        if not sample:
+            return float("nan")
+        with tempfile.TemporaryDirectory() as empty_cache:
+            start = time.perf_counter()
+            feature_set = extract_features(
+                [r.path for r in sample], self.backbone, self.config.features.model_copy(update={"cache_dir": empty_cache}),
+                views=[r.view for r in sample], view_config=self.config.views, tta=self._tta(tta))
+            self.predict_proba(feature_set.features)
+            return round(len(sample) / (time.perf_counter() - start), 2)
+
+    def identify(self, paths: Sequence[str | Path], views: Sequence[str] | None = None, fusion: str | None = None,
+                 top: int | None = None, **options) -> Identification:
+        """Rank the labels for one observation photographed in ``paths`` (``views``: Flower, Leaf, ... per photo)."""
+        return identify(self, paths, views, fusion=fusion, top=top, **options)

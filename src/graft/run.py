@@ -1,0 +1,191 @@
+"""The run directory: the one module that names its files, writes them and reads them back (nanoGPT's "one
+artefact, one writer, one reader").
+
+    config.yaml      resolved configuration          head.safetensors  head weights (+ standardisation)
+    labels.json      class names, index order        backbone.json     backbone name, weights identity, preprocessing
+    manifest.csv     every image with its split      history.csv       one row per head epoch
+    results.json     metrics on the evaluation split results.md        the same as a Markdown table
+    curves.png       training curves                 problems.txt      skipped images / rows, and why
+    calibration.json the fitted temperature          finetune/, finetune-history.csv, finetuned-backbone.safetensors,
+    model.onnx(.json) an ONNX export                 head-only.safetensors: after `graft finetune`
+
+An ensemble directory holds ``ensemble.json`` (member runs, weights), ``config.yaml``, ``labels.json`` and results.
+A run is evaluated on the data's own test part when it has one, else on the validation part (:func:`evaluation_part`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save
+from torch import nn
+
+from graft.config import GraftConfig
+from graft.data.manifest import Manifest, read_csv
+from graft.errors import RunError
+from graft.features.backbones import create_backbone
+from graft.files import atomic_write, atomic_write_text
+from graft.model.classifier import Classifier
+from graft.model.ensemble import Ensemble
+from graft.model.head import build_head
+
+# Keys every results.json carries; scripts may rely on them.
+RESULT_KEYS = ("S", "top1", "top3", "top5", "image_top1", "n_observations", "n_images", "images_per_second")
+TABLE_COLUMNS = (("S", "S"), ("Top-1", "top1"), ("Top-3", "top3"), ("Top-5", "top5"), ("image top-1", "image_top1"),
+                 ("img/s", "images_per_second"), ("ms/obs", "ms_per_observation"), ("observations", "n_observations"),
+                 ("images", "n_images"))
+
+
+class RunFiles:
+    """Every file of a run (or ensemble) directory, by role. Nothing else in graft spells these names."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        for role, name in {
+            "config": "config.yaml", "labels": "labels.json", "backbone": "backbone.json", "head": "head.safetensors",
+            "calibration": "calibration.json", "manifest": "manifest.csv", "history": "history.csv",
+            "curves": "curves.png", "results": "results.json", "results_md": "results.md", "problems": "problems.txt",
+            "ensemble": "ensemble.json", "onnx": "model.onnx", "onnx_metadata": "model.onnx.json",
+            "finetune": "finetune", "finetune_history": "finetune-history.csv",
+            "finetuned_backbone": "finetuned-backbone.safetensors", "head_only": "head-only.safetensors",
+        }.items():
+            setattr(self, role, self.root / name)
+        self.checkpoints = self.finetune / "checkpoints"
+        self.last_checkpoint = self.checkpoints / "last.ckpt"
+
+    def is_ensemble(self) -> bool:
+        return self.ensemble.is_file()
+
+
+def evaluation_part(manifest: Manifest) -> Manifest:
+    """The split a run is scored on: the data's own test part if there is one, else validation."""
+    test = manifest.where("test")
+    return test if test.records else manifest.where("val")
+
+
+def read_manifest(run: str | Path) -> Manifest:
+    """The run's manifest (for an ensemble: its first member's, whose splits all members share)."""
+    files = RunFiles(run)
+    if files.is_ensemble():
+        files = RunFiles(read_ensemble_spec(files)["runs"][0])
+    return read_csv(files.manifest)
+
+
+def read_results(run: str | Path) -> dict[str, Any]:
+    path = RunFiles(run).results
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json(path: Path, value: Any) -> Path:
+    return atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def write_config(files: RunFiles, config: GraftConfig) -> None:
+    atomic_write_text(files.config, config.to_yaml())
+
+
+def write_state(path: Path, module: nn.Module) -> None:
+    """Weights as safetensors: loading them can never run code."""
+    state = {key: tensor.contiguous() for key, tensor in module.state_dict().items()}
+    atomic_write(path, lambda handle: handle.write(save(state)))
+
+
+def write_model(files: RunFiles, classifier: Classifier) -> None:
+    """Everything :func:`load_run` reads: config, labels, backbone description, head weights, temperature."""
+    write_config(files, classifier.config)
+    write_json(files.labels, classifier.labels)
+    write_json(files.calibration, {"temperature": classifier.temperature})
+    write_json(files.backbone, classifier.backbone.describe())
+    write_state(files.head, classifier.head)
+
+
+def write_data(files: RunFiles, manifest: Manifest, problems: Sequence[str]) -> None:
+    manifest.write_csv(files.manifest)
+    atomic_write_text(files.problems, "".join(f"{line}\n" for line in problems))
+
+
+def check_results(results: dict[str, Any]) -> None:
+    missing = [key for key in RESULT_KEYS if key not in results]
+    if missing:
+        raise ValueError(f"results lack the contract keys {missing}")
+
+
+def write_results_json(path: Path, results: dict[str, Any]) -> Path:
+    """results.json (or a user's ``--out`` file): the contract keys are checked before anything is written."""
+    check_results(results)
+    return write_json(path, results)
+
+
+def write_results(files: RunFiles, results: dict[str, Any], rows: Sequence[tuple[str, dict[str, Any]]],
+                  note: str) -> None:
+    """results.json (the contract) and results.md (a title, ``note``, then a table of ``rows``)."""
+    write_results_json(files.results, results)
+    atomic_write_text(files.results_md, f"# {files.root.name}\n\n{note}\n\n{results_table(rows)}")
+
+
+def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """A Markdown table, one row per (model name, results) pair, in the seed's columns plus speed."""
+    header = "| model | " + " | ".join(title for title, _ in TABLE_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
+    for name, results in rows:
+        cells = [_cell(results.get(key), speed=key in ("images_per_second", "ms_per_observation"))
+                 for _, key in TABLE_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any, speed: bool = False) -> str:
+    if isinstance(value, float) and speed:
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.1f}" if value >= 10 else f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def load_run(run_dir: str | Path) -> Classifier:
+    """Rebuild the trained classifier of a run directory (backbone weights are checked against the run's)."""
+    files = RunFiles(run_dir)
+    needed = [files.config, files.labels, files.backbone, files.head]
+    missing = [path.name for path in needed if not path.is_file()]
+    if missing:
+        raise RunError(f"{files.root}: not a complete graft run (missing {', '.join(missing)}); run `graft fit` first")
+    config = GraftConfig.from_yaml(files.config)
+    labels = json.loads(files.labels.read_text())
+    settings = config.backbone.model_dump()
+    if settings["weights"] and not Path(settings["weights"]).is_absolute():  # fine-tuned weights live in the run
+        settings["weights"] = str(files.root / settings["weights"])
+    backbone = create_backbone(**settings)
+    expected = json.loads(files.backbone.read_text())["identity"]
+    if backbone.identity != expected:
+        raise RunError(
+            f"{files.root}: backbone {backbone.name} now loads different weights (identity {backbone.identity}, "
+            f"trained with {expected}); restore the original weights file or retrain"
+        )
+    head = build_head(backbone.num_features, len(labels), config.head)
+    head.load_state_dict(load_file(files.head))
+    head.eval()
+    temperature = json.loads(files.calibration.read_text())["temperature"] if files.calibration.is_file() else 1.0
+    return Classifier(backbone, head, labels, config, temperature)
+
+
+def read_ensemble_spec(files: RunFiles) -> dict[str, Any]:
+    return json.loads(files.ensemble.read_text())
+
+
+def write_ensemble(files: RunFiles, ensemble: Ensemble, runs: Sequence[Path]) -> None:
+    files.root.mkdir(parents=True, exist_ok=True)
+    write_json(files.ensemble, {"runs": [str(r) for r in runs], "weights": ensemble.weights})
+    write_config(files, ensemble.config)
+    write_json(files.labels, ensemble.labels)
+
+
+def load_model(run_dir: str | Path) -> Classifier | Ensemble:
+    """A run directory or an ensemble directory, whichever ``run_dir`` is."""
+    files = RunFiles(run_dir)
+    if not files.is_ensemble():
+        return load_run(files.root)
+    spec = read_ensemble_spec(files)
+    return Ensemble([load_run(path) for path in spec["runs"]], spec["weights"], GraftConfig.from_yaml(files.config))

@@ -1,0 +1,99 @@
+"""Engines for serving and ``--engine``: the ONNX export under onnxruntime, or the run itself (torch).
+
+:class:`OnnxModel` satisfies :class:`~graft.model.identification.Model` like a run or an ensemble does: it prepares
+images through the same path (per-view step, the weights' transform, test-time views) and never touches the feature
+cache - uploads are not worth caching.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+from PIL import Image
+
+from graft.config import GraftConfig
+from graft.data.images import load_rgb
+from graft.data.manifest import Manifest
+from graft.errors import ImageError, RunError
+from graft.features.preparation import Preparation
+from graft.model.classifier import mean_over_views, view_names
+from graft.model.identification import Model
+from graft.run import RunFiles, load_model
+
+ENGINES = ("auto", "onnx", "torch")
+
+
+@dataclass
+class OnnxModel:
+    labels: list[str]
+    config: GraftConfig
+    data_config: dict
+    session: Any  # onnxruntime.InferenceSession
+    temperature: float = 1.0
+    engine = "onnx"
+
+    @cached_property
+    def preparation(self) -> Preparation:  # built once, not per request
+        return Preparation(timm.data.create_transform(**self.data_config, is_training=False), self.data_config,
+                           self.config.views)
+
+    def _tta(self, tta: Sequence[str] | None) -> tuple[str, ...]:
+        return tuple(self.config.predict.tta if tta is None else tta)
+
+    def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
+                      tta: Sequence[str] | None = None) -> np.ndarray:
+        batch = self.preparation.batch(images, views, view_names(self._tta(tta))).numpy()
+        size = self.config.features.batch_size
+        logits = np.concatenate([self.session.run(None, {"images": batch[i : i + size]})[0]
+                                 for i in range(0, len(batch), size)])
+        return mean_over_views(logits, len(images), self.temperature)
+
+    def image_probabilities(self, part: Manifest, tta: Sequence[str] | None = None,
+                            progress: bool = False) -> tuple[Manifest, np.ndarray, dict]:
+        images, failures = [], {}
+        for record in part:
+            try:
+                images.append(load_rgb(record.path))
+            except ImageError as error:
+                failures[record.path] = str(error)
+        kept = part.without(failures)
+        if not images:
+            return kept, np.zeros((0, len(self.labels))), failures
+        return kept, self.probabilities(images, [r.view for r in kept], tta), failures
+
+    def measure_throughput(self, part: Manifest, tta: Sequence[str] | None = None) -> float:
+        sample = Manifest(part.records[:64])
+        start = time.perf_counter()
+        self.image_probabilities(sample, tta)
+        return round(len(sample) / (time.perf_counter() - start), 2) if len(sample) else float("nan")
+
+
+def load_engine(run_dir: str | Path, engine: str = "auto") -> Model:
+    """``onnx`` (needs an export), ``torch`` (the run or ensemble itself), or ``auto``: onnx when exported."""
+    files = RunFiles(run_dir)
+    if engine not in ENGINES:
+        raise RunError(f"unknown engine {engine!r}; use auto, onnx or torch")
+    exported = files.onnx.is_file()
+    if engine == "onnx" and not exported:
+        raise RunError(f"{files.onnx} not found; run `graft export {files.root} --format onnx` first")
+    if engine == "onnx" or (engine == "auto" and exported):
+        return _onnx_model(files)
+    return load_model(files.root)
+
+
+def _onnx_model(files: RunFiles) -> OnnxModel:
+    import onnxruntime
+
+    metadata = json.loads(files.onnx_metadata.read_text())
+    session = onnxruntime.InferenceSession(str(files.onnx), providers=["CPUExecutionProvider"])
+    data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata["data_config"].items()}
+    return OnnxModel(metadata["labels"], GraftConfig.from_yaml(files.config), data_config, session,
+                     metadata["temperature"])

@@ -1,0 +1,37 @@
+"""``graft export RUN --format onnx``: backbone + head as one ONNX graph (dynamic batch) for onnxruntime on CPU, with
+its metadata (preprocessing, labels, temperature) beside it; both written atomically into the run."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graft.errors import RunError
+from graft.model.ensemble import Ensemble
+from graft.run import RunFiles, load_model, write_json
+
+
+def export_onnx(run_dir: str | Path, opset: int = 17) -> Path:
+    """Write ``model.onnx`` + its ``.json`` metadata into the run (atomically)."""
+    files = RunFiles(run_dir)
+    model = load_model(files.root)
+    if isinstance(model, Ensemble):
+        raise RunError(f"{files.root} is an ensemble; export its member runs one by one")
+    network = nn.Sequential(model.backbone.model.to(memory_format=torch.contiguous_format), model.head).eval()
+    size = model.backbone.data_config["input_size"]
+    temporary = files.root / f".{files.onnx.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        torch.onnx.export(network, (torch.zeros(1, *size),), str(temporary), input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+        os.replace(temporary, files.onnx)
+    finally:
+        temporary.unlink(missing_ok=True)
+    write_json(files.onnx_metadata, {"labels": model.labels, "data_config": model.backbone.data_config,
+                                     "temperature": model.temperature, "backbone": model.backbone.describe(),
+                                     "opset": opset})
+    return files.onnx

@@ -1,0 +1,63 @@
+"""Training augmentation as in seed 002: realistic transforms in groups, at most ONE group per image.
+
+With probability ``p`` (0.8) one group is drawn at random and applied; otherwise the network sees the real image.
+Stacking many transforms at once makes images the network never meets in reality and slows convergence.
+Transforms are torchvision v2 and run on the resized, centre-cropped float image, before normalisation.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from graft.config import AugmentConfig
+
+
+def build_groups(config: AugmentConfig) -> dict[str, nn.Module]:
+    available = {
+        "hflip": lambda: v2.RandomHorizontalFlip(p=1.0),
+        "rotate": lambda: v2.RandomRotation(config.rotate_degrees),
+        "zoom": lambda: v2.RandomAffine(degrees=0, scale=(1.0, config.zoom)),
+        "contrast": lambda: v2.ColorJitter(contrast=config.contrast),
+        "brightness": lambda: v2.ColorJitter(brightness=config.brightness),
+        "noise": lambda: v2.GaussianNoise(sigma=config.noise_sigma, clip=True),
+    }
+    return {name: available[name]() for name in config.groups}
+
+
+class OneGroupAugment(nn.Module):
+    """Apply one randomly chosen group with probability ``p``, else nothing. ``last_group`` tells which (tests)."""
+
+    def __init__(self, groups: dict[str, nn.Module], p: float = 0.8, weights: list[float] | None = None):
+        super().__init__()
+        if weights is not None and len(weights) != len(groups):
+            raise ValueError(f"{len(weights)} weights for {len(groups)} groups {list(groups)}")
+        self.groups = nn.ModuleDict(groups)
+        self.p, self.weights = p, weights
+        self.last_group: str | None = None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        self.last_group = None
+        if not self.groups or random.random() >= self.p:
+            return image
+        name = random.choices(list(self.groups), weights=self.weights)[0]
+        self.last_group = name
+        return self.groups[name](image)
+
+
+def training_transform(data_config: dict, config: AugmentConfig) -> v2.Compose:
+    """Resize and centre-crop as the weights expect, augment (one group or none), then normalise."""
+    size = data_config["input_size"][-2:]
+    scale_size = int(size[0] / data_config.get("crop_pct", 1.0))
+    interpolation = v2.InterpolationMode(data_config.get("interpolation", "bicubic"))
+    return v2.Compose([
+        v2.Resize(scale_size, interpolation=interpolation, antialias=True),  # on the PIL image, exactly as timm's eval
+        v2.CenterCrop(size),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        OneGroupAugment(build_groups(config), config.p, config.weights),
+        v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"])),
+    ])

@@ -1,0 +1,72 @@
+"""``graft ensemble``: several runs (other backbones, other seeds) averaged, with weights given or fitted on the
+validation split; written as an ensemble directory that ``evaluate``, ``predict`` and ``serve`` accept like a run."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from graft.data.manifest import Manifest
+from graft.errors import ConfigError, RunError
+from graft.evaluation.metrics import score_probabilities
+from graft.model.ensemble import Ensemble, weighted_average
+from graft.run import RunFiles, evaluation_part, load_run, read_manifest, write_ensemble, write_results
+
+
+def make_ensemble(
+    runs: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None, fit_weights: bool = False
+) -> dict:
+    """Write an ensemble of ``runs`` to ``out``, score it and its members on their evaluation split, return results."""
+    runs = [Path(r).resolve() for r in runs]
+    members = [load_run(run) for run in runs]
+    for run, member in zip(runs[1:], members[1:], strict=True):
+        if member.labels != members[0].labels:
+            raise RunError(f"{run}: its labels differ from {runs[0]}'s; an ensemble needs runs of the same classes")
+    if weights is not None and len(weights) != len(runs):
+        raise ConfigError(f"{len(weights)} weights for {len(runs)} runs; give one per run")
+    manifest = read_manifest(runs[0])
+    ensemble = Ensemble(members, list(weights or [1.0] * len(runs)), members[0].config)
+    if fit_weights:
+        ensemble.weights = _fit_weights(ensemble, manifest.where("val"))
+    part = evaluation_part(manifest)
+    fusion = ensemble.config.predict.fusion
+    rows = []
+    for run, member in zip(runs, members, strict=True):
+        kept, probabilities, _ = member.image_probabilities(part)
+        rows.append((f"{run.name} ({member.backbone.name})",
+                     score_probabilities(probabilities, kept.records, member.labels, fusion)))
+    kept, probabilities, failures = ensemble.image_probabilities(part)
+    results = score_probabilities(probabilities, kept.records, ensemble.labels, fusion)
+    results |= {"evaluated_on": part.records[0].split, "weights": ensemble.weights,
+                "images_per_second": ensemble.measure_throughput(kept), "runs": [str(r) for r in runs],
+                "skipped_images": len(failures)}
+    files = RunFiles(out)
+    write_ensemble(files, ensemble, runs)
+    rows.append((f"ensemble, weights {[round(w, 2) for w in ensemble.weights]}", results))
+    write_results(files, results, rows, f"Evaluated on the {results['evaluated_on']} split.")
+    return results
+
+
+def _fit_weights(ensemble: Ensemble, val: Manifest, step: float = 0.1) -> list[float]:
+    """Grid search over the weight simplex for the highest validation S (members' probabilities computed once)."""
+    if not val.records:
+        raise RunError("no validation split to fit weights on")
+    per_member = []
+    for member in ensemble.members:
+        kept, probabilities, _ = member.image_probabilities(val)
+        per_member.append(dict(zip((r.path for r in kept), probabilities, strict=True)))
+    kept = [r for r in val if all(r.path in rows for rows in per_member)]
+    stacks = [np.stack([rows[r.path] for r in kept]) for rows in per_member]
+    grid = np.round(np.arange(0, 1 + 1e-9, step), 6)
+    best, best_score = None, -1.0
+    for combination in itertools.product(grid, repeat=len(stacks)):
+        if abs(sum(combination) - 1.0) > 1e-6:
+            continue
+        mixed = weighted_average(stacks, combination)
+        value = score_probabilities(mixed, kept, ensemble.labels, ensemble.config.predict.fusion)["S"]
+        if value > best_score + 1e-12:
+            best, best_score = list(combination), value
+    return [float(w) for w in best]

@@ -1,0 +1,216 @@
+"""``graft finetune``: train the whole network of a run in place, compare with head-only on the evaluation split,
+keep the better. The Lightning module is :mod:`graft.training.finetune_module`. Files (:class:`~graft.run.RunFiles`):
+a checkpoint every epoch and the best one (``--resume`` continues from the last), the merged epoch history, and -
+only when the fine-tuned model is kept - the fine-tuned backbone (the config then points at it) and a copy of the
+head-only weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from graft.config import GraftConfig
+from graft.data.manifest import ImageRecord, Manifest
+from graft.errors import DataError, RunError
+from graft.evaluation.evaluate import score
+from graft.features.backbones import Backbone, weights_identity
+from graft.features.extract import default_workers
+from graft.features.preparation import Preparation
+from graft.model.classifier import Classifier
+from graft.run import (
+    RunFiles,
+    evaluation_part,
+    load_run,
+    read_manifest,
+    read_results,
+    write_config,
+    write_json,
+    write_results,
+    write_state,
+)
+from graft.training.augment import training_transform
+from graft.training.finetune_module import IGNORE, FineTuneModule, ImageDataset, ValidationInfo
+from graft.training.head import resolve_class_weights
+from graft.training.history import merge_epoch_rows, plot_curves, read_rows
+from graft.training.lightning import make_trainer, quiet_lightning
+from graft.views.decisions import DecisionCache
+
+
+@dataclass
+class FineTuneResult:
+    run_dir: Path
+    kept: str  # "finetuned" or "head-only"
+    finetuned: dict[str, Any]
+    head_only: dict[str, Any]
+    epochs: int
+    seconds: float
+    interrupted: bool = False
+
+
+class EpochLines(Callback):
+    """One plain line per epoch when output is not a terminal (logs, CI), instead of a progress bar."""
+
+    def on_train_epoch_end(self, trainer, module):  # validation of this epoch has run and logged by now
+        if trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_S", "val_top1")
+                             if k in metrics)
+            print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {shown}", flush=True)
+
+
+def finetune(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FineTuneResult | None:
+    """Fine-tune the run's backbone + head. Returns None on non-zero DDP ranks.
+
+    Example:
+        >>> finetune("runs/plants", {"finetune.epochs": 5, "finetune.lr": 1e-3})
+    """
+    files = RunFiles(run_dir)
+    start = time.perf_counter()
+    classifier = load_run(files.root)
+    config = classifier.config.updated(overrides or {})
+    settings = config.finetune
+    manifest = read_manifest(files.root)
+    train, val = _training_records(manifest, settings.min_vote), manifest.where("val").records
+    label_index = {label: i for i, label in enumerate(classifier.labels)}
+    L.seed_everything(settings.seed, workers=True, verbose=False)  # a resume then restores the saved streams
+    module = _module(classifier, config, train, val, label_index)
+    if resume and not files.last_checkpoint.is_file():
+        raise RunError(f"{files.last_checkpoint} not found: nothing to resume; "
+                       f"run `graft finetune {files.root}` without --resume")
+    with quiet_lightning():
+        trainer = _trainer(files, config, progress, list(callbacks))
+        trainer.fit(module, *_loaders(classifier, config, train, val, label_index),
+                    ckpt_path=str(files.last_checkpoint) if resume else None)
+    if not trainer.is_global_zero:
+        return None
+    history = merge_epoch_rows(Path(trainer.logger.log_dir) / "metrics.csv", files.finetune_history)
+    if trainer.interrupted:
+        return FineTuneResult(files.root, "head-only", {}, {}, trainer.current_epoch, time.perf_counter() - start, True)
+    best = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    trained = _TrainedModel(classifier, module, config, int(best["epoch"]), trainer.current_epoch)
+    return _keep_better(files, trained, manifest, history, time.perf_counter() - start)
+
+
+def _training_records(manifest: Manifest, min_vote: float | None) -> list[ImageRecord]:
+    train = [r for r in manifest.where("train") if min_vote is None or r.vote is None or r.vote >= min_vote]
+    if not train:
+        raise DataError(f"no training images left with --min-vote {min_vote}; lower it")
+    return train
+
+
+def _module(classifier: Classifier, config: GraftConfig, train, val, label_index) -> FineTuneModule:
+    info = ValidationInfo(np.array([label_index.get(r.label, IGNORE) for r in val]), [r.observation for r in val],
+                          [r.user for r in val], config.predict.fusion)
+    train_labels = np.array([label_index[r.label] for r in train if r.label in label_index])
+    weights = resolve_class_weights(config.head.class_weights, classifier.labels, train_labels)
+    backbone, head = copy.deepcopy(classifier.backbone.model), copy.deepcopy(classifier.head)
+    return FineTuneModule(backbone, head, config.finetune, info, weights)
+
+
+def _loaders(classifier: Classifier, config: GraftConfig, train, val, label_index) -> tuple[DataLoader, DataLoader]:
+    settings, data_config = config.finetune, classifier.backbone.data_config
+    decisions = DecisionCache(config.views, config.features.cache_dir) if config.views.enabled else None
+    training = Preparation(training_transform(data_config, settings.augment), data_config, config.views)
+    train_set = ImageDataset(train, label_index, training, decisions)
+    val_set = ImageDataset(val, label_index, classifier.preparation, decisions)
+    workers = default_workers() if settings.num_workers is None else settings.num_workers
+    common = {"batch_size": settings.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
+    return DataLoader(train_set, shuffle=True, **common), DataLoader(val_set, shuffle=False, **common)
+
+
+def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra: list[Callback]) -> L.Trainer:
+    settings = config.finetune
+    bar = sys.stdout.isatty() if progress is None else progress
+    callbacks = [
+        ModelCheckpoint(dirpath=files.checkpoints, filename="best", monitor="val_loss", enable_version_counter=False),
+        # save_last=True would refresh the last checkpoint only when "best" improves; resuming needs every epoch
+        ModelCheckpoint(dirpath=files.checkpoints, filename=files.last_checkpoint.stem, monitor=None,
+                        enable_version_counter=False),
+        EarlyStopping(monitor="val_loss", patience=settings.patience),
+        LearningRateMonitor(logging_interval="epoch"),
+        *([] if bar else [EpochLines()]),
+        *extra,
+    ]
+    distributed = settings.devices * settings.num_nodes > 1
+    return make_trainer(files.root, files.finetune.name, settings.epochs, callbacks, bar, devices=settings.devices,
+                        num_nodes=settings.num_nodes, strategy="ddp" if distributed else "auto",
+                        precision=settings.precision)
+
+
+@dataclass
+class _TrainedModel:
+    """What training produced: the module with its best weights, and the epochs."""
+
+    start: Classifier
+    module: FineTuneModule
+    config: GraftConfig
+    best_epoch: int  # 0-based
+    epochs: int
+
+    def classifier(self) -> Classifier:
+        model = self.module.backbone.to(memory_format=torch.contiguous_format).eval()
+        layout = self.start.backbone.channels_last
+        if layout:
+            model = model.to(memory_format=torch.channels_last)
+        original = self.start.backbone
+        tuned = Backbone(original.name, model, original.pooling, weights_identity(model), original.data_config, layout)
+        return Classifier(tuned, self.module.head.eval(), self.start.labels, self.config)
+
+
+def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, history: list[dict[str, str]],
+                 seconds: float) -> FineTuneResult:
+    tuned = trained.classifier()
+    part = evaluation_part(manifest)
+    feature_set = tuned.manifest_features(part)
+    part = part.without(feature_set.failures)
+    tuned_results = score(tuned, part.records, feature_set.rows_for([r.path for r in part]))
+    tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
+                      "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1)}
+    previous = read_results(files.root)
+    head_only = previous.get("head_only", previous)
+    kept = "finetuned" if tuned_results["S"] > head_only["S"] else "head-only"
+    if kept == "finetuned":
+        save_finetuned(files, tuned, trained.config)
+    chosen = tuned_results if kept == "finetuned" else head_only
+    results = {**head_only, **{k: chosen[k] for k in chosen if k in head_only}, "model": kept,
+               "head_only": head_only, "finetuned": tuned_results}
+    name = trained.start.backbone.name
+    rows = [("head-only", head_only), (f"fine-tuned ({trained.epochs} ep.)", tuned_results)]
+    note = (f"Backbone {name}. Kept: **{kept}** (higher S on the "
+            f"{tuned_results['evaluated_on']} split; fine-tuned ties keep head-only).")
+    write_results(files, results, rows, note)
+    plot_curves([("head", read_rows(files.history), head_only.get("head_best_epoch", 1) - 1),
+                 ("fine-tune", history, trained.best_epoch)], files.curves, f"{name}: head, then fine-tuning")
+    return FineTuneResult(files.root, kept, tuned_results, head_only, trained.epochs, seconds)
+
+
+def save_finetuned(files: RunFiles, tuned: Classifier, config: GraftConfig) -> None:
+    """Write the fine-tuned backbone and head into the run; config.yaml then points at the backbone file."""
+    if not files.head_only.exists():
+        files.head_only.write_bytes(files.head.read_bytes())
+    write_state(files.finetuned_backbone, tuned.backbone.model)
+    write_state(files.head, tuned.head)
+    # the temperature was fitted for the head-only model; the fine-tuned one is left uncalibrated rather than wrong
+    write_json(files.calibration, {"temperature": 1.0})
+    write_config(files, config.updated({"backbone.weights": files.finetuned_backbone.name}))
+    described = tuned.backbone.describe() | {"identity": weights_identity(tuned.backbone.model)}  # what was saved
+    write_json(files.backbone, described)

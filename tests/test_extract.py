@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_image
+from graft.config import FeatureConfig
+from graft.features.backbones import create_backbone
+from graft.features.cache import FeatureCache
+from graft.features.extract import extract_features
+from graft.store import CACHE_ENV, default_cache_dir
+
+
+@pytest.fixture
+def backbone():
+    return create_backbone("test_efficientnet", pretrained=False, image_size=32)
+
+
+@pytest.fixture
+def images(tmp_path) -> list[Path]:
+    return [make_image(tmp_path / "img" / f"{i}.png", (30 * i % 255, 90, 160), i) for i in range(10)]
+
+
+def extract(paths, backbone, cache, **kwargs):
+    settings = FeatureConfig(cache_dir=str(cache), batch_size=4, num_workers=0, chunk_size=4)
+    return extract_features(paths, backbone, settings, **kwargs)
+
+
+def test_second_pass_is_bit_identical_and_extracts_nothing(tmp_path, images, backbone):
+    first = extract(images, backbone, tmp_path / "cache")
+    second = extract(images, backbone, tmp_path / "cache")
+    assert first.extracted == 10 and second.extracted == 0
+    assert np.array_equal(first.features, second.features)
+
+
+def test_changed_image_is_re_extracted_alone(tmp_path, images, backbone):
+    before = extract(images, backbone, tmp_path / "cache")
+    make_image(images[3], (0, 0, 0), 99)
+    after = extract(images, backbone, tmp_path / "cache")
+    assert after.extracted == 1
+    changed = ~np.all(before.features == after.features, axis=1)
+    assert changed.tolist() == [i == 3 for i in range(10)]
+
+
+def test_other_backbone_never_reads_these_features(tmp_path, images, backbone):
+    extract(images, backbone, tmp_path / "cache")
+    other = create_backbone("test_efficientnet", pretrained=False, image_size=32, pooling="max")
+    assert extract(images, other, tmp_path / "cache").extracted == 10
+    bigger = create_backbone("test_efficientnet", pretrained=False, image_size=48)
+    assert extract(images, bigger, tmp_path / "cache").extracted == 10
+
+
+def test_killed_run_keeps_finished_chunks(tmp_path, images, backbone):
+    def die_after_two_batches(done, total):
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(images, backbone, tmp_path / "cache", progress=die_after_two_batches)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))  # nothing half-written
+    # chunks of 4 are written before progress is reported: both finished chunks survived, only 2 images remain
+    assert extract(images, backbone, tmp_path / "cache").extracted == 2
+
+
+def test_bad_image_is_skipped_and_listed(tmp_path, images, backbone):
+    broken = tmp_path / "img" / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    result = extract([*images, broken], backbone, tmp_path / "cache")
+    assert result.paths == images and broken in result.failures
+    assert "broken.png" in result.failures[broken]
+
+
+def test_duplicate_bytes_extracted_once(tmp_path, images, backbone):
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(images[0].read_bytes())
+    result = extract([images[0], copy], backbone, tmp_path / "cache")
+    assert result.extracted == 1 and np.array_equal(result.features[0], result.features[1])
+
+
+def test_cache_location_from_environment(tmp_path, monkeypatch, backbone):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env-cache"))
+    assert default_cache_dir() == tmp_path / "env-cache"
+    assert FeatureCache(None, backbone).directory.parent == tmp_path / "env-cache"
+
+
+def test_reads_are_memory_mapped(tmp_path, images, backbone):
+    extract(images, backbone, tmp_path / "cache")
+    cache = FeatureCache(tmp_path / "cache", backbone)
+    assert all(isinstance(array, np.memmap) for array in cache._arrays.values())

@@ -1,0 +1,107 @@
+import io
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import SHARED
+from graft.serving.app import Limits, create_app
+from graft.serving.engine import load_engine
+from graft.serving.onnx import export_onnx
+from graft.training.fit import fit
+
+
+@pytest.fixture
+def run(folder_data, tiny_config, tmp_path):
+    fit(folder_data, tmp_path / "run", tiny_config)
+    return tmp_path / "run"
+
+
+def ready_client(app) -> TestClient:
+    client = TestClient(app)
+    client.__enter__()
+    for _ in range(600):  # 30 s: loading competes for 2 cores with the rest of a full test run
+        if client.get("/health").status_code == 200:
+            return client
+        time.sleep(0.05)
+    raise AssertionError("model never loaded")
+
+
+def png(colour=(200, 40, 40), size=(40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_identify_ranks_labels_for_an_observation(run):
+    client = ready_client(create_app(run, "torch"))
+    files = [("files", ("a.png", png(), "image/png")), ("files", ("b.png", png((190, 50, 40)), "image/png"))]
+    answer = client.post("/identify?top_k=2", files=files, data={"views": ["Flower", "Leaf"]}).json()
+    assert answer["ranking"][0]["label"] == "red" and len(answer["ranking"]) == 2
+    assert len(answer["per_image"]) == 2 and answer["fusion"] == "mean" and answer["engine"] == "torch"
+    assert client.get("/labels").json() == ["blue", "green", "red"]
+    assert "Identify" in client.get("/").text and client.get("/openapi.json").status_code == 200
+
+
+def test_health_is_503_until_the_model_is_loaded(run, monkeypatch):
+    import graft.serving.engine
+
+    original = graft.serving.engine.load_engine
+    monkeypatch.setattr(graft.serving.engine, "load_engine", lambda *a: time.sleep(0.5) or original(*a))
+    with TestClient(create_app(run, "torch")) as client:
+        assert client.get("/health").status_code == 503
+        assert client.post("/identify", files=[("files", ("a.png", png(), "image/png"))]).status_code == 503
+
+
+def test_bad_uploads_are_4xx_json_and_the_server_survives(run):
+    client = ready_client(create_app(run, "torch", Limits(max_files=2, max_bytes=20_000, max_pixels=10_000)))
+    cases = [
+        ([], 400),  # no photos
+        ([("files", ("x.txt", b"hello", "text/plain"))], 415),
+        ([("files", ("empty.png", b"", "image/png"))], 400),
+        ([("files", (f"{i}.png", png(), "image/png")) for i in range(3)], 413),  # too many
+        ([("files", ("big.png", png(size=(200, 200)), "image/png"))], 413),  # too many pixels
+        ([("files", ("noise.bmp", np.random.default_rng(0).bytes(30_000), "image/bmp"))], 413),  # too many bytes
+    ]
+    for files, status in cases:
+        response = client.post("/identify", files=files) if files else client.post("/identify")
+        assert response.status_code == status, (files[:1], response.text)
+        assert "detail" in response.json()
+    assert client.post("/identify", files=[("files", ("ok.png", png(), "image/png"))]).status_code == 200
+
+
+def test_onnx_and_torch_agree_on_real_images(tiny_config, tmp_path):
+    folders = sorted(p for p in (SHARED / "flavia").iterdir() if p.is_dir())[:2]
+    for folder in folders:
+        for path in sorted(folder.glob("*.jpg"))[:5]:
+            target = tmp_path / "data" / folder.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    config = tiny_config.updated({"backbone.name": "tf_efficientnet_lite0", "backbone.pretrained": True,
+                                  "backbone.image_size": 96})
+    fit(tmp_path / "data", tmp_path / "run", config)
+    export_onnx(tmp_path / "run")
+    images = [Image.open(p).convert("RGB") for p in sorted((tmp_path / "data").rglob("*.jpg"))[:4]]
+    torch_engine, onnx_engine = load_engine(tmp_path / "run", "torch"), load_engine(tmp_path / "run")
+    assert onnx_engine.engine == "onnx"
+    a = torch_engine.probabilities(images, [""] * 4)
+    b = onnx_engine.probabilities(images, [""] * 4)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_predict_uses_the_onnx_export_and_agrees_with_torch(run, folder_data):
+    import json
+
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    image = str(next((folder_data / "green").glob("*.png")))
+    torch_answer = json.loads(CliRunner().invoke(app, ["predict", str(run), image, "--json"]).output)
+    assert CliRunner().invoke(app, ["export", str(run)]).exit_code == 0
+    onnx_answer = json.loads(CliRunner().invoke(app, ["predict", str(run), image, "--json"]).output)
+    assert [r["label"] for r in onnx_answer["ranking"]] == [r["label"] for r in torch_answer["ranking"]]
+    assert np.allclose([r["probability"] for r in onnx_answer["ranking"]],
+                       [r["probability"] for r in torch_answer["ranking"]], atol=1e-4)
