@@ -77,3 +77,13 @@ def test_report_compares_models_in_markdown_and_self_contained_html(two_runs, tm
         assert expected in markdown, expected
     page = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page and "src='curves" not in page
+
+
+def test_fitted_weights_come_from_out_of_fold_predictions(two_runs, tiny_config, folder_data, tmp_path):
+    assert make_ensemble(list(two_runs), tmp_path / "oof", fit_weights=True)["weights_fitted_on"] == \
+        "out-of-fold predictions"
+    holdout = tiny_config.updated({"head.selection": "holdout"})
+    fit(folder_data, tmp_path / "h1", holdout)
+    fit(folder_data, tmp_path / "h2", holdout.updated({"head.seed": 3}))
+    assert make_ensemble([tmp_path / "h1", tmp_path / "h2"], tmp_path / "val", fit_weights=True)[
+        "weights_fitted_on"] == "the validation split"

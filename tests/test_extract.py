@@ -87,3 +87,12 @@ def test_reads_are_memory_mapped(tmp_path, images, backbone):
     extract(images, backbone, tmp_path / "cache")
     cache = FeatureCache(tmp_path / "cache", backbone)
     assert all(isinstance(array, np.memmap) for array in cache._arrays.values())
+
+
+def test_concatenated_backbones_reuse_each_members_cache(tmp_path, images, backbone):
+    alone = extract(images, backbone, tmp_path / "cache")
+    both = create_backbone("test_efficientnet+test_efficientnet", pretrained=False, image_size=32)
+    together = extract(images, both, tmp_path / "cache")
+    assert together.extracted == 0  # each member's features were cached by the single-backbone pass
+    assert np.array_equal(together.features, np.hstack([alone.features, alone.features]))
+    assert both.num_features == 2 * backbone.num_features

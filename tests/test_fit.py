@@ -94,10 +94,26 @@ def test_calibration_is_fitted_and_a_reject_threshold_answers_unknown(folder_dat
     assert not model.identify(photos).unknown
 
 
-def test_no_calibration_when_the_head_was_refit_on_the_validation_part(folder_data, tiny_config, tmp_path):
+def test_holdout_selection_skips_calibration_when_the_head_was_refit_on_the_validation_part(folder_data, tiny_config,
+                                                                                              tmp_path):
     rows = ["path,label,split"] + [f"{p.relative_to(folder_data)},{p.parent.name},{'test' if i % 4 == 0 else ''}"
                                    for i, p in enumerate(sorted(folder_data.rglob("*.png")))]
     (folder_data / "list.csv").write_text("\n".join(rows) + "\n")
-    result = fit(folder_data / "list.csv", tmp_path / "run", tiny_config)
+    result = fit(folder_data / "list.csv", tmp_path / "run", tiny_config.updated({"head.selection": "holdout"}))
     assert result.results["evaluated_on"] == "test" and result.results["head_refit_epochs"] > 0
     assert result.results["calibration"].startswith("skipped") and load_run(tmp_path / "run").temperature == 1.0
+
+
+def test_concatenated_backbones_fit_and_answer_alike_from_files_and_uploads(folder_data, tiny_config, tmp_path):
+    from PIL import Image
+
+    config = tiny_config.updated({"backbone.name": "test_efficientnet+test_efficientnet"})
+    result = fit(folder_data, tmp_path / "run", config)
+    assert result.results["backbone"] == "test_efficientnet+test_efficientnet"
+    model = load_run(tmp_path / "run")
+    photos = sorted((folder_data / "red").glob("*.png"))[:2]
+    from graft.data.manifest import ImageRecord, Manifest
+
+    _, cached, _ = model.image_probabilities(Manifest([ImageRecord(p, "", "o") for p in photos]))
+    uploaded = model.probabilities([Image.open(p).convert("RGB") for p in photos], ["", ""])
+    assert np.allclose(cached, uploaded, atol=1e-5)

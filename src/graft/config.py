@@ -48,12 +48,32 @@ class FeatureConfig(_Section):
     chunk_size: int = Field(256, ge=1, description="Images per cache chunk: what a killed run can lose at most.")
 
 
+HeadKind = Literal["auto", "mlp", "linear", "prototype"]
+
+
 class HeadConfig(_Section):
+    kind: HeadKind = Field(
+        "auto", description="auto = the family (and its setting) with the best out-of-fold S; mlp = the seed's head."
+    )
+    selection: Literal["crossfit", "holdout"] = Field(
+        "crossfit", description="crossfit: K folds over the non-evaluation part choose the head by out-of-fold S; "
+                                "holdout: early stopping on the validation split (the previous default, MLP only).")
+    folds: int = Field(5, ge=2, description="K of the cross-fitting, grouped by observation, stratified by label.")
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0],
+                                description="Inverse L2 strengths tried for the linear head.")
+    c: float = Field(0.1, gt=0, description="The linear head's inverse L2 strength (cross-fitting writes the chosen).")
+    epoch_grid: list[int] = Field(default_factory=lambda: [10, 20, 40, 80],
+                                  description="MLP epoch counts tried by cross-fitting (one run per fold).")
+    scale: float = Field(20.0, gt=0, description="Prototype head: cosine similarity x scale = logits.")
+    mlp_min_images_per_class: float = Field(
+        1000.0, ge=0, description="auto tries the MLP only with this many training images per class: on leafsnap, "
+        "flavia and seedlings (up to 316 per class) it never beat the linear head by more than seed noise, and "
+        "cross-fitting it cost 10-70x the other heads (bench/accuracy.py).")
     hidden_layers: int = Field(3, ge=0)
     width: int = Field(512, ge=1)
     activation: Literal["selu", "relu", "gelu", "silu"] = "selu"
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    epochs: int = Field(80, ge=1, description="Upper bound; early stopping on validation loss usually ends sooner.")
+    epochs: int = Field(80, ge=1, description="MLP epochs (holdout: the upper bound for early stopping).")
     patience: int = Field(10, ge=1)
     min_epochs: int = Field(
         10, ge=1, description="Floor on the refit's epochs (a tiny validation part can pick epoch 1)."

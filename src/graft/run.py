@@ -6,8 +6,9 @@ artefact, one writer, one reader").
     manifest.csv     every image with its split      history.csv       one row per head epoch
     results.json     metrics on the evaluation split results.md        the same as a Markdown table
     curves.png       training curves                 problems.txt      skipped images / rows, and why
-    calibration.json the fitted temperature          finetune/, finetune-history.csv, finetuned-backbone.safetensors,
-    model.onnx(.json) an ONNX export                 head-only.safetensors: after `graft finetune`
+    calibration.json the fitted temperature          out-of-fold.npz   each training image's logits from a head that
+    model.onnx(.json) an ONNX export                                   never saw its observation (cross-fitting)
+    finetune/, finetune-history.csv, finetuned-backbone.safetensors, head-only.safetensors: after `graft finetune`
 
 An ensemble directory holds ``ensemble.json`` (member runs, weights), ``config.yaml``, ``labels.json`` and results.
 A run is evaluated on the data's own test part when it has one, else on the validation part (:func:`evaluation_part`).
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -51,6 +53,7 @@ class RunFiles:
             "ensemble": "ensemble.json", "onnx": "model.onnx", "onnx_metadata": "model.onnx.json",
             "finetune": "finetune", "finetune_history": "finetune-history.csv",
             "finetuned_backbone": "finetuned-backbone.safetensors", "head_only": "head-only.safetensors",
+            "out_of_fold": "out-of-fold.npz",
         }.items():
             setattr(self, role, self.root / name)
         self.checkpoints = self.finetune / "checkpoints"
@@ -105,6 +108,23 @@ def write_model(files: RunFiles, classifier: Classifier) -> None:
 def write_data(files: RunFiles, manifest: Manifest, problems: Sequence[str]) -> None:
     manifest.write_csv(files.manifest)
     atomic_write_text(files.problems, "".join(f"{line}\n" for line in problems))
+
+
+def write_out_of_fold(files: RunFiles, paths: Sequence[Path], logits: np.ndarray, fold: np.ndarray) -> None:
+    """Out-of-fold logits per training image (plain arrays: loading them never unpickles anything)."""
+    def write(handle):
+        np.savez(handle, paths=np.array([str(p) for p in paths]), logits=logits.astype(np.float32), fold=fold)
+
+    atomic_write(files.out_of_fold, write)
+
+
+def read_out_of_fold(run: str | Path) -> tuple[list[Path], np.ndarray] | None:
+    """(image paths, their out-of-fold logits), or None for a run fitted without cross-fitting."""
+    path = RunFiles(run).out_of_fold
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        return [Path(p) for p in saved["paths"]], saved["logits"]
 
 
 def check_results(results: dict[str, Any]) -> None:

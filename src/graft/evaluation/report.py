@@ -16,6 +16,7 @@ import numpy as np
 
 from graft.data.manifest import Manifest
 from graft.evaluation.evaluate import evaluate_model
+from graft.evaluation.plots import reliability_plot
 from graft.features.tta import DEFAULT_TTA
 from graft.files import atomic_write_text
 from graft.model.ensemble import Ensemble
@@ -59,11 +60,16 @@ def build_report(runs: list[Path], out: Path, tta: bool = False) -> Path:
         sections.append(_details(run, name, plain, probabilities, kept, model))
         if RunFiles(run).curves.is_file():
             images.append((name, RunFiles(run).curves))
+        reliability = reliability_plot(run, model.temperature if hasattr(model, "temperature") else 1.0,
+                                       out / f"reliability-{len(images)}.png")
+        if reliability is not None:
+            images.append((f"{name}: out-of-fold reliability and coverage", reliability))
     table = results_table(rows)
     markdown = "# graft report\n\n" + table + "\n" + "\n\n".join(sections) + "\n"
     for name, path in images:
-        copy = out / f"curves-{len(list(out.glob('curves-*.png')))}.png"
-        copy.write_bytes(path.read_bytes())
+        copy = path if path.parent == out else out / f"curves-{len(list(out.glob('curves-*.png')))}.png"
+        if copy != path:
+            copy.write_bytes(path.read_bytes())
         markdown += f"\n### Training curves: {name}\n\n![{name}]({copy.name})\n"
     atomic_write_text(out / "report.md", markdown)
     atomic_write_text(out / "report.html", _html(markdown, images))
@@ -88,10 +94,15 @@ def _details(run, name, results, probabilities, part, model) -> str:
         lines += [f"Calibration: {saved['calibration']}.", ""]
     lines += ["| reject below | coverage | accuracy of answered |", "|---|---|---|"]
     lines += [f"| {c['threshold']} | {c['coverage']:.3f} | {c['accuracy']:.3f} |" for c in results["coverage"]]
-    if "fusion_rules_on_val" in saved:
-        lines += ["", "| fusion rule (validation) | S | Top-1 | Top-5 |", "|---|---|---|---|"]
-        lines += [f"| {rule} | {v['S']:.4f} | {v['top1']:.4f} | {v['top5']:.4f} |"
-                  for rule, v in saved["fusion_rules_on_val"].items()]
+    if "head_selection" in saved:
+        lines += ["", "| head candidate (out of fold) | S | Top-1 | Top-5 | seconds |", "|---|---|---|---|---|"]
+        lines += [f"| {r['head']} | {r['S']:.4f} | {r['top1']:.4f} | {r['top5']:.4f} | {r['seconds']} |"
+                  for r in saved["head_selection"]]
+    rules, where = (saved["fusion_rules_out_of_fold"], "out of fold") if "fusion_rules_out_of_fold" in saved else (
+        saved.get("fusion_rules_on_val"), "validation")
+    if rules:
+        lines += ["", f"| fusion rule ({where}) | S | Top-1 | Top-5 |", "|---|---|---|---|"]
+        lines += [f"| {rule} | {v['S']:.4f} | {v['top1']:.4f} | {v['top5']:.4f} |" for rule, v in rules.items()]
     lines += ["", "| view | image top-1 | images |", "|---|---|---|"]
     lines += [f"| {view} | {acc:.3f} | {n} |" for view, (acc, n) in per_view_accuracy(
         probabilities, part, model.labels).items()]

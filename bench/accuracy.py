@@ -1,0 +1,131 @@
+"""Accuracy of graft's heads against simple baselines on the same features, splits and scoring (mean ± std over
+seeds). The seed moves the 3:1 split (data without a test part), the folds and the heads.
+
+Rows: logistic regression and k-NN (scikit-learn on the training part's standardised / normalised features), the
+previous default (MLP, early stopping on the validation split), the new default (cross-fitted head choice), Lite0
+and Lite2 features concatenated, a Lite0 + Lite2 ensemble with out-of-fold weights, and that ensemble with test-time
+augmentation.
+
+    python bench/accuracy.py [--seeds 3] [--datasets leafsnap-dev flavia seedlings] [--ensemble leafsnap-dev flavia]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+
+from graft.config import GraftConfig
+from graft.evaluation.evaluate import evaluate_model
+from graft.evaluation.metrics import score_probabilities
+from graft.features.tta import DEFAULT_TTA
+from graft.model.classifier import Classifier
+from graft.run import evaluation_part, load_model
+from graft.training.ensemble import make_ensemble
+from graft.training.fit import fit, labelled_features, prepare_manifest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DATA = {"leafsnap-dev": SHARED / "leafsnap-dev", "flavia": SHARED / "flavia",
+        "seedlings": SHARED / "seedlings" / "split.csv"}
+KEYS = ("S", "top1", "top5")
+
+
+def sklearn_baselines(data: Path, config: GraftConfig) -> dict[str, dict]:
+    """Logistic regression (C=1, standardised) and 5-NN (cosine, distance-weighted) on the training part.
+
+    graft's rank rule resolves ties in the true label's favour; k-NN gives most classes probability 0, so its classes
+    without votes are ordered by their nearest member's similarity instead of tying."""
+    manifest, _ = prepare_manifest(data, config)
+    from graft.features.backbones import create_backbone
+
+    classifier = Classifier(create_backbone(**config.backbone.model_dump()), None, [], config)
+    feature_set = classifier.manifest_features(manifest)
+    manifest = manifest.without(feature_set.failures)
+    evaluated = evaluation_part(manifest)
+    training = manifest.without([r.path for r in evaluated])
+    labels = sorted({r.label for r in training})
+    x, y = labelled_features(training, feature_set, labels)
+    x_eval = feature_set.rows_for([r.path for r in evaluated])
+    rows = {}
+    for name, model, prepare in (
+        ("logistic regression C=1", LogisticRegression(C=1.0, max_iter=3000), StandardScaler().fit(x).transform),
+        ("k-NN k=5 cosine", KNeighborsClassifier(5, metric="cosine", weights="distance"), lambda a: a),
+    ):
+        start = time.perf_counter()
+        model.fit(prepare(x), y)
+        probabilities = np.zeros((len(x_eval), len(labels)))
+        probabilities[:, model.classes_] = model.predict_proba(prepare(x_eval))
+        if name.startswith("k-NN"):  # rank the classes without votes too (by their nearest member), or they all tie
+            probabilities += 1e-6 * nearest_member_similarity(x, y, x_eval, len(labels))
+        rows[name] = score_probabilities(probabilities, evaluated.records, labels, config.predict.fusion) | {
+            "seconds": time.perf_counter() - start}
+    return rows
+
+
+def nearest_member_similarity(x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, n_classes: int) -> np.ndarray:
+    unit, unit_eval = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (x, x_eval))
+    similarity = unit_eval @ unit.T
+    return np.stack([similarity[:, y == c].max(1) if (y == c).any() else np.full(len(x_eval), -1.0)
+                     for c in range(n_classes)], axis=1) + 1.0
+
+
+def graft_rows(data: Path, config: GraftConfig, work: Path, ensemble: bool) -> dict[str, dict]:
+    rows = {}
+    for name, overrides in (("previous default (MLP, validation early stopping)", {"head.selection": "holdout"}),
+                            ("new default (cross-fitted head)", {})):
+        run = work / name.split()[0]
+        results = fit(data, run, config.updated(overrides)).results
+        rows[name] = results | {"seconds": results["head_seconds"], "chosen": results["head"]}
+    if ensemble:
+        both = config.updated({"backbone.name": "tf_efficientnet_lite0+tf_efficientnet_lite2"})
+        results = fit(data, work / "concat", both).results
+        rows["Lite0+Lite2 concatenated (cross-fitted head)"] = results | {"seconds": results["head_seconds"],
+                                                                          "chosen": results["head"]}
+        lite2 = work / "lite2"
+        fit(data, lite2, config.updated({"backbone.name": "tf_efficientnet_lite2"}))
+        results = make_ensemble([work / "new", lite2], work / "ens", fit_weights=True)
+        rows["ensemble Lite0 + Lite2 (out-of-fold weights)"] = results | {"seconds": float("nan")}
+        part = evaluation_part(prepare_manifest(data, config)[0])
+        tta, _, _ = evaluate_model(load_model(work / "ens"), part, tta=DEFAULT_TTA)
+        rows["ensemble + TTA"] = tta | {"seconds": float("nan")}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--datasets", nargs="*", default=list(DATA))
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--ensemble", nargs="*", default=["leafsnap-dev", "flavia"],
+                        help="datasets that also get the Lite0+Lite2 rows (Lite2 extraction is slow on seedlings)")
+    args = parser.parse_args()
+    for dataset in args.datasets:
+        per_row: dict[str, list[dict]] = {}
+        for seed in range(args.seeds):
+            config = GraftConfig().updated({"data.seed": seed, "head.seed": seed, "features.cache_dir": args.cache_dir})
+            with tempfile.TemporaryDirectory() as work:
+                rows = sklearn_baselines(DATA[dataset], config) | graft_rows(DATA[dataset], config, Path(work),
+                                                                             dataset in args.ensemble)
+            for name, results in rows.items():
+                per_row.setdefault(name, []).append(results)
+            print(f"{dataset} seed {seed}: " + ", ".join(f"{n.split(' (')[0]} S={r['S']:.3f}" for n, r in rows.items()),
+                  flush=True)
+        first = next(iter(per_row.values()))[0]
+        print(f"\n{dataset}: evaluated on {first.get('evaluated_on', 'the evaluation part')} "
+              f"({first['n_observations']} observations), mean ± std over {args.seeds} seeds\n")
+        print("| model | S | Top-1 | Top-5 | head seconds | chosen |\n|---|---|---|---|---|---|")
+        for name, runs in per_row.items():
+            cells = [f"{np.mean([r[k] for r in runs]):.3f} ± {np.std([r[k] for r in runs]):.3f}" for k in KEYS]
+            chosen = ", ".join(sorted({str(r.get("chosen", "")) for r in runs})) or "-"
+            print(f"| {name} | {' | '.join(cells)} | {np.nanmean([r['seconds'] for r in runs]):.1f} | {chosen} |")
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()

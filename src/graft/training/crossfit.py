@@ -1,0 +1,99 @@
+"""Cross-fitting on cached features: the head is chosen by out-of-fold S, then trained on all the training part.
+
+K folds over the part of the data a run does not evaluate on, grouped by observation (an observation's photos are
+never split) and stratified by label. Every candidate (head family x setting) predicts each image from a head that
+never saw its observation; the candidate with the best out-of-fold S - the task's metric, not a loss - is retrained on
+everything. Its out-of-fold logits are what calibration, the reject table, fusion rules and ensemble weights are fitted
+on: unlike a 3:1 validation split on few-shot data, they cover every training image.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.config import HeadConfig
+from graft.data.manifest import ImageRecord
+from graft.evaluation.metrics import score_probabilities
+from graft.model.fusion import softmax
+from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
+
+
+def fold_of(records: Sequence[ImageRecord], k: int, seed: int) -> np.ndarray:
+    """The fold (0..k-1) of each image: grouped by observation, stratified by label, seeded.
+
+    K shrinks to what the data allows (no more folds than observations, nor than the largest label has images).
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    observations = {o: i for i, o in enumerate(dict.fromkeys(r.observation for r in records))}
+    groups = np.array([observations[r.observation] for r in records])
+    labels = np.array([r.label for r in records])
+    largest = max(np.unique(labels, return_counts=True)[1])
+    k = max(2, min(k, len(observations), largest))
+    splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed) if largest >= k else GroupKFold(k)
+    fold = np.zeros(len(records), np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # labels with fewer observations than folds are spread as far as they go
+        for index, (_, held) in enumerate(splitter.split(groups, labels, groups)):
+            fold[held] = index
+    return fold
+
+
+@dataclass
+class Selection:
+    """What cross-fitting chose, and the evidence."""
+
+    chosen: Candidate
+    rows: list[dict[str, Any]]  # one per candidate: its out-of-fold scores and seconds
+    logits: np.ndarray  # [n, C] out-of-fold logits of the chosen candidate, rows as the training records
+    fold: np.ndarray
+
+    def table(self) -> str:
+        lines = ["| head (out of fold) | S | Top-1 | Top-5 | seconds |", "|---|---|---|---|---|"]
+        lines += [f"| {r['head']}{' (chosen)' if r['head'] == self.chosen.name else ''} | {r['S']:.4f} | "
+                  f"{r['top1']:.4f} | {r['top5']:.4f} | {r['seconds']:.1f} |" for r in self.rows]
+        return "\n".join(lines)
+
+
+def cross_fit(features: np.ndarray, labels: np.ndarray, records: Sequence[ImageRecord], label_names: list[str],
+              config: HeadConfig, weights: torch.Tensor | None, fusion: str) -> Selection:
+    """Score every candidate out of fold and pick the best S (ties: the first, i.e. the simpler family)."""
+    fold = fold_of(records, config.folds, config.seed)
+    images_per_class = len(labels) / max(1, len(np.unique(labels)))
+    families: dict[str, list[Candidate]] = {}
+    for candidate in candidates(config, images_per_class):
+        families.setdefault(candidate.kind, []).append(candidate)
+    rows, logits = [], {}
+    for family in families.values():
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as fold_logs:  # the folds' heads are thrown away, and so are their logs
+            found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs))
+        seconds = (time.perf_counter() - start) / len(family)
+        for candidate, oof in found.items():
+            scores = score_probabilities(softmax(oof), records, label_names, fusion)
+            rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
+                         **{k: scores[k] for k in ("S", "top1", "top3", "top5")}, "seconds": round(seconds, 2)})
+            logits[candidate] = oof
+    best = max(range(len(rows)), key=lambda i: (rows[i]["S"], -i))
+    chosen = list(logits)[best]
+    return Selection(chosen, rows, logits[chosen], fold)
+
+
+def final_head(selection: Selection, features: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig,
+               weights: torch.Tensor | None, log_dir: Path,
+               progress: bool = False) -> tuple[nn.Sequential, HeadConfig, Path | None]:
+    """The chosen candidate trained on all of the training part, the resolved head settings that rebuild it, and
+    (MLP) its epoch log."""
+    resolved = selection.chosen.config(config)
+    head, log = fit_head_of(resolved.kind, features, labels, num_classes, resolved, weights, log_dir, progress)
+    return head, resolved, log

@@ -1,0 +1,125 @@
+"""Head families: each is fitted on (features, label indices) and cross-fitted for out-of-fold logits.
+
+  linear     scikit-learn's multinomial LogisticRegression (lbfgs) on standardised features, copied into a torch
+             Linear, so it is saved and served like every other head; its setting is C (inverse L2 strength)
+  prototype  class means of the standardised, normalised features; its setting is the logit scale
+  mlp        the seed's head trained by Lightning (:mod:`graft.training.head`); its setting is the epoch count, and
+             one run per fold yields every count of the grid (the logits are taken as training passes each one)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from graft.config import HeadConfig
+from graft.model.head import build_head, predict_logits
+from graft.training.head import HeadModule, fit_head_epochs
+
+ABSENT = -30.0  # logit of a class a fold's training part lacks: it can never be the answer there
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One head family with one setting: ``value`` is C (linear), the epoch count (mlp) or the scale (prototype)."""
+
+    kind: str
+    value: float
+
+    @property
+    def name(self) -> str:
+        setting = {"linear": "C", "mlp": "epochs", "prototype": "scale"}[self.kind]
+        return f"{self.kind} {setting}={self.value:g}"
+
+    def config(self, base: HeadConfig) -> HeadConfig:
+        field = {"linear": "c", "mlp": "epochs", "prototype": "scale"}[self.kind]
+        value = int(self.value) if self.kind == "mlp" else float(self.value)
+        return base.model_copy(update={"kind": self.kind, field: value})
+
+
+def candidates(config: HeadConfig, images_per_class: float) -> list[Candidate]:
+    """The candidates cross-fitting compares: every family for ``auto`` (the MLP only on data with enough images
+    per class), else the configured family over its grid."""
+    grids = {"linear": config.c_grid, "prototype": [config.scale],
+             "mlp": [e for e in config.epoch_grid if e <= config.epochs] or [config.epochs]}
+    if config.kind == "auto":
+        kinds = ["linear", "prototype"] + (["mlp"] if images_per_class >= config.mlp_min_images_per_class else [])
+    else:
+        kinds = [config.kind]
+    return [Candidate(kind, float(value)) for kind in kinds for value in grids[kind]]
+
+
+def fit_head_of(kind: str, features: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig,
+                weights: torch.Tensor | None, log_dir: Path, progress: bool = False) -> tuple[nn.Sequential, Path | None]:
+    """A head of ``kind`` with ``config``'s setting, trained on all of ``features``; with the MLP's epoch log."""
+    if kind == "mlp":
+        return fit_head_epochs(features, labels, num_classes, config, weights, log_dir, "head", progress)
+    head = build_head(features.shape[1], num_classes, config.model_copy(update={"kind": kind}))
+    x = torch.as_tensor(features, dtype=torch.float32)
+    standardized = head[0].fit(x)(x)
+    if kind == "prototype":
+        head[1].fit(standardized, torch.as_tensor(labels))
+    else:
+        _fit_linear(head[1], standardized.numpy(), labels, config.c, weights)
+    return head.eval(), None
+
+
+def _fit_linear(linear: nn.Linear, x: np.ndarray, labels: np.ndarray, c: float, weights: torch.Tensor | None) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    present = np.unique(labels)
+    class_weight = {int(k): float(weights[k]) for k in present} if weights is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs stopping at max_iter is fine at this tolerance
+        model = LogisticRegression(C=c, max_iter=300, tol=1e-3, class_weight=class_weight).fit(x, labels)
+    weight = np.zeros((linear.out_features, x.shape[1]), np.float32)
+    bias = np.full(linear.out_features, ABSENT, np.float32)
+    if len(present) == 2:  # scikit-learn keeps one row for two classes: logits (0, w.x + b) softmax the same
+        weight[present[1]], bias[present] = model.coef_[0], (0.0, model.intercept_[0])
+    else:
+        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(weight))
+        linear.bias.copy_(torch.from_numpy(bias))
+
+
+class _Snapshots(Callback):
+    """Logits of held-out features as training passes each epoch count of the grid."""
+
+    def __init__(self, features: np.ndarray, epochs: Sequence[int]):
+        self.features, self.epochs, self.logits = features, set(epochs), {}
+
+    def on_train_epoch_end(self, trainer, module: HeadModule):
+        if trainer.current_epoch + 1 in self.epochs:
+            self.logits[trainer.current_epoch + 1] = predict_logits(module.head, self.features)
+            module.head.train()
+
+
+def out_of_fold(family: list[Candidate], features: np.ndarray, labels: np.ndarray, fold: np.ndarray,
+                num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
+                log_dir: Path) -> dict[Candidate, np.ndarray]:
+    """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it."""
+    logits = {candidate: np.zeros((len(labels), num_classes), np.float32) for candidate in family}
+    for k in np.unique(fold):
+        held, kept = fold == k, fold != k
+        if family[0].kind == "mlp":
+            epochs = [int(c.value) for c in family]
+            snapshots = _Snapshots(features[held], epochs)
+            fold_config = config.model_copy(update={"epochs": max(epochs)})
+            fit_head_epochs(features[kept], labels[kept], num_classes, fold_config, weights, log_dir,
+                            f"fold-{k}", False, [snapshots])
+            for candidate in family:
+                logits[candidate][held] = snapshots.logits[int(candidate.value)]
+            continue
+        for candidate in family:
+            head, _ = fit_head_of(candidate.kind, features[kept], labels[kept], num_classes,
+                                  candidate.config(config), weights, log_dir)
+            logits[candidate][held] = predict_logits(head, features[held])
+    return logits

@@ -1,0 +1,137 @@
+"""Cross-fitting (issue 10): folds, out-of-fold predictions, the head families and the choice between them."""
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from graft.config import HeadConfig
+from graft.data.manifest import ImageRecord
+from graft.model.fusion import softmax
+from graft.model.head import Standardize, predict_logits
+from graft.run import RunFiles, load_run, read_out_of_fold
+from graft.training.crossfit import fold_of
+from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
+from graft.training.fit import fit
+
+
+def records(n_labels: int, observations: int, images: int, seed: int = 0) -> list[ImageRecord]:
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n_labels * observations) % n_labels)
+    return [ImageRecord(Path(f"{o}/{i}.jpg"), f"L{labels[o]}", f"obs{o}", user=f"u{o % 3}")
+            for o in range(n_labels * observations) for i in range(images)]
+
+
+def test_folds_never_cut_an_observation_and_spread_each_label_evenly():
+    recs = records(n_labels=4, observations=10, images=3)
+    fold = fold_of(recs, 5, seed=0)
+    folds_of_observation = defaultdict(set)
+    observations_per_label_and_fold = defaultdict(set)
+    for record, k in zip(recs, fold, strict=True):
+        folds_of_observation[record.observation].add(int(k))
+        observations_per_label_and_fold[(record.label, int(k))].add(record.observation)
+    assert all(len(found) == 1 for found in folds_of_observation.values())
+    assert sorted(np.unique(fold)) == [0, 1, 2, 3, 4]
+    assert {len(found) for found in observations_per_label_and_fold.values()} == {2}  # 10 observations / 5 folds
+    assert np.array_equal(fold, fold_of(recs, 5, seed=0)) and not np.array_equal(fold, fold_of(recs, 5, seed=1))
+
+
+def test_fold_count_shrinks_to_what_the_data_allows():
+    assert len(np.unique(fold_of(records(n_labels=2, observations=1, images=4), 5, seed=0))) == 2
+
+
+def test_out_of_fold_rows_come_from_heads_that_never_saw_their_observation():
+    # features name the observation, labels are random: a head that saw an observation recalls its label,
+    # a head that did not can only guess (chance 1/4)
+    recs = records(n_labels=4, observations=30, images=3, seed=2)
+    signature = np.random.default_rng(3).normal(size=(120, 64)).astype(np.float32)
+    x = np.stack([signature[int(r.observation[3:])] for r in recs])
+    y = np.array([int(r.label[1:]) for r in recs])
+    fold = fold_of(recs, 5, seed=0)
+    config = HeadConfig(c=100.0, width=64, epochs=30, scale=20.0)
+    seen, _ = fit_head_of("linear", x, y, 4, config, None, Path("."))
+    assert (predict_logits(seen, x).argmax(1) == y).mean() > 0.95
+    for family in ([Candidate("linear", 100.0)], [Candidate("prototype", 20.0)], [Candidate("mlp", 30.0)]):
+        oof = out_of_fold(family, x, y, fold, 4, config, None, Path("/tmp"))[family[0]]
+        assert (oof.argmax(1) == y).mean() < 0.5, family
+
+
+def test_mlp_snapshots_equal_separate_runs_of_those_epoch_counts(tmp_path):
+    recs = records(n_labels=3, observations=6, images=2)
+    x = np.random.default_rng(0).normal(size=(len(recs), 8)).astype(np.float32)
+    y = np.array([int(r.label[1:]) for r in recs])
+    fold = fold_of(recs, 3, seed=0)
+    config = HeadConfig(width=8, epochs=6)
+    both = out_of_fold([Candidate("mlp", 3.0), Candidate("mlp", 6.0)], x, y, fold, 3, config, None, tmp_path)
+    alone = out_of_fold([Candidate("mlp", 3.0)], x, y, fold, 3, config.model_copy(update={"epochs": 3}), None, tmp_path)
+    assert np.allclose(both[Candidate("mlp", 3.0)], alone[Candidate("mlp", 3.0)], atol=1e-5)
+    assert not np.allclose(both[Candidate("mlp", 3.0)], both[Candidate("mlp", 6.0)])
+
+
+def test_linear_head_is_scikit_learns_logistic_regression(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    x = (rng.normal(size=(3, 12))[y] * 2 + rng.normal(size=(90, 12))).astype(np.float32)
+    head, _ = fit_head_of("linear", x, y, 3, HeadConfig(c=0.5), None, tmp_path)
+    standardized = Standardize(12).fit(torch.as_tensor(x))(torch.as_tensor(x)).numpy()
+    reference = LogisticRegression(C=0.5, max_iter=300, tol=1e-3).fit(standardized, y)
+    assert np.allclose(softmax(predict_logits(head, x)), reference.predict_proba(standardized), atol=1e-5)
+
+
+def test_prototype_head_scores_cosine_to_class_means(tmp_path):
+    x = np.array([[2, 0], [4, 1], [0, 3], [1, 5]], dtype=np.float32)
+    y = np.array([0, 0, 1, 1])
+    head, _ = fit_head_of("prototype", x, y, 2, HeadConfig(scale=10.0), None, tmp_path)
+    query = np.array([[3, 0], [0, 4]], dtype=np.float32)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    mean, std = x.mean(0), x.std(0, ddof=1)  # the training features' statistics
+    prototypes = unit(np.stack([unit((x[y == c] - mean) / std).mean(0) for c in (0, 1)]))
+    expected = 10.0 * unit((query - mean) / std) @ prototypes.T
+    assert np.allclose(predict_logits(head, query), expected, atol=1e-5)
+    assert predict_logits(head, query).argmax(1).tolist() == [0, 1]
+
+
+def test_standardize_does_not_blow_up_near_constant_dimensions():
+    x = torch.randn(200, 16)
+    x[:, 0] = 0.5 + 1e-7 * torch.randn(200)  # near-constant on the training images
+    layer = Standardize(16).fit(x)
+    new = torch.randn(1, 16)
+    new[0, 0] = 0.6
+    assert layer(new).abs().max() < 1e3  # the old 1e-6 clamp gave ~1e5 here
+
+
+def test_auto_tries_the_mlp_only_on_data_with_enough_images_per_class():
+    config = HeadConfig()
+    few = {c.kind for c in candidates(config, images_per_class=5)}
+    many = {c.kind for c in candidates(config, images_per_class=5000)}
+    assert few == {"linear", "prototype"} and many == {"linear", "prototype", "mlp"}
+    assert [c.value for c in candidates(config.model_copy(update={"kind": "linear"}), 5)] == config.c_grid
+
+
+def test_fit_chooses_the_best_out_of_fold_s_and_the_run_rebuilds_that_head(folder_data, tiny_config, tmp_path):
+    result = fit(folder_data, tmp_path / "run", tiny_config)
+    rows = result.results["head_selection"]
+    best = max(range(len(rows)), key=lambda i: (rows[i]["S"], -i))
+    assert result.results["head"] == rows[best]["kind"]
+    model = load_run(tmp_path / "run")
+    assert model.config.head.kind == rows[best]["kind"]  # resolved: never "auto" in a run
+    paths, logits = read_out_of_fold(tmp_path / "run")
+    assert len(paths) == result.results["n_train_images"] and logits.shape[1] == 3
+    assert RunFiles(tmp_path / "run").out_of_fold.is_file()
+
+
+def test_calibration_comes_from_out_of_fold_predictions_even_with_a_test_part(folder_data, tiny_config, tmp_path):
+    rows = ["path,label,split"] + [f"{p.relative_to(folder_data)},{p.parent.name},{'test' if i % 4 == 0 else ''}"
+                                   for i, p in enumerate(sorted(folder_data.rglob("*.png")))]
+    (folder_data / "list.csv").write_text("\n".join(rows) + "\n")
+    result = fit(folder_data / "list.csv", tmp_path / "run", tiny_config)
+    assert result.results["evaluated_on"] == "test"
+    assert result.results["calibration"] == "temperature scaling fitted on out-of-fold predictions"
+    assert load_run(tmp_path / "run").temperature == pytest.approx(result.results["temperature"], abs=1e-4)
+    assert result.results["n_train_images"] == 18  # train and validation images both teach the head
