@@ -27,6 +27,19 @@ def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 
     return path
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header announces width x height pixels with almost no data: a decompression bomb's shape."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
+        chunk(b"IEND", b"")
+
+
 @pytest.fixture
 def folder_data(tmp_path: Path) -> Path:
     """root/<colour>/<n>.png: 3 classes x 8 images, separable by colour."""

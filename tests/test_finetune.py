@@ -161,3 +161,66 @@ def test_two_process_ddp_gathers_validation_once(tmp_path, tiny_config):
     assert float(values["val_images"]) == 5
     # with a zero learning rate the gathered metrics equal the single-process evaluation of the same model
     assert float(values["val_S"]) == pytest.approx(result.results["S"])
+
+
+class KillAfterTraining(Callback):
+    """Simulates a kill after the last epoch was checkpointed, before the better model was kept."""
+
+    def on_train_end(self, trainer, module):
+        raise RuntimeError("simulated kill")
+
+
+def history_epochs(run) -> list[str]:
+    header, *rows = (run / "finetune-history.csv").read_text().splitlines()
+    return [dict(zip(header.split(","), row.split(","), strict=True))["epoch"] for row in rows]
+
+
+def test_resume_after_the_last_epoch_was_checkpointed_finishes_the_run(run):
+    settings = overrides(**{"finetune.epochs": 2, "finetune.lr": 0.001, "finetune.patience": 10})
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        finetune(run, settings, progress=False, callbacks=[KillAfterTraining()])
+    result = finetune(run, settings, resume=True, progress=False)
+    assert result.epochs == 2 and result.kept in ("finetuned", "head-only")
+    assert history_epochs(run) == ["0", "1"]
+
+
+def test_resume_keeps_the_epochs_finished_before_the_kill_in_the_history(run):
+    settings = overrides(**{"finetune.epochs": 3, "finetune.lr": 0.001, "finetune.patience": 10})
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        finetune(run, settings, progress=False, callbacks=[KillDuringEpoch(1)])
+    finetune(run, settings, resume=True, progress=False)
+    assert history_epochs(run) == ["0", "1", "2"]
+    first = (run / "finetune-history.csv").read_text().splitlines()[1]
+    assert first.count(",,") < first.count(",")  # epoch 0 kept its values, not an empty row
+
+
+def test_a_tampered_checkpoint_is_refused_and_never_runs_code(run, tmp_path):
+    import pathlib
+    import shutil
+
+    from graft.errors import RunError
+
+    marker = tmp_path / "code-ran"
+
+    class Crafted:
+        def __reduce__(self):
+            return pathlib.Path.touch, (marker,)
+
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": Crafted()}, crafted)
+    settings = overrides(**{"finetune.epochs": 1})
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        finetune(run, settings, progress=False, callbacks=[KillAfterTraining()])
+    files = RunFiles(run)
+    last = torch.load(files.last_checkpoint, weights_only=True)  # graft's own checkpoints are plain data
+    for state in last["callbacks"].values():
+        if "best_model_path" in state:
+            state["best_model_path"] = str(crafted)  # a run directory received from someone else
+    torch.save(last, files.last_checkpoint)
+    shutil.copy(crafted, files.best_checkpoint)
+    with pytest.raises(RunError, match="not a weights-only checkpoint"):
+        finetune(run, settings, resume=True, progress=False)
+    shutil.copy(crafted, files.last_checkpoint)
+    with pytest.raises(Exception, match=r"(?i)weights.only|unpickl"):
+        finetune(run, settings, resume=True, progress=False)
+    assert not marker.exists()

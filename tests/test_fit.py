@@ -117,3 +117,36 @@ def test_concatenated_backbones_fit_and_answer_alike_from_files_and_uploads(fold
     _, cached, _ = model.image_probabilities(Manifest([ImageRecord(p, "", "o") for p in photos]))
     uploaded = model.probabilities([Image.open(p).convert("RGB") for p in photos], ["", ""])
     assert np.allclose(cached, uploaded, atol=1e-5)
+
+
+def test_a_second_writer_of_the_same_run_directory_is_refused(folder_data, tiny_config, tmp_path):
+    import fcntl
+
+    from graft.run import RunFiles
+
+    files = RunFiles(tmp_path / "run")
+    files.root.mkdir()
+    with files.lock.open("a+") as held:  # another `graft fit` holds the run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("graft (pid 4242)")
+        held.flush()
+        with pytest.raises(RunError, match=r"being written by graft \(pid 4242\).*another --out"):
+            fit(folder_data, files.root, tiny_config)
+    fit(folder_data, files.root, tiny_config)  # free again
+    assert files.results.is_file()
+
+
+def test_a_run_that_stopped_before_its_results_is_refused(folder_data, tiny_config, tmp_path, monkeypatch):
+    import graft.training.fit
+
+    fit(folder_data, tmp_path / "run", tiny_config)
+    load_run(tmp_path / "run")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed after the new head was written, before its results
+
+    monkeypatch.setattr(graft.training.fit, "write_data", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(folder_data, tmp_path / "run", tiny_config.updated({"head.seed": 5}))
+    with pytest.raises(RunError, match="incomplete run"):
+        load_run(tmp_path / "run")

@@ -66,3 +66,30 @@ def test_truncated_jpeg_is_an_image_error(tmp_path):
     path.write_bytes(buffer.getvalue()[:200])
     with pytest.raises(ImageError):
         load_rgb(path)
+
+
+@pytest.mark.parametrize("side", [11_500, 16_000])  # 132 MP: past graft's limit; 256 MP: past PIL's own error
+def test_decompression_bombs_are_refused_from_the_header_with_the_fix(tmp_path, side):
+    from conftest import png_header_only
+    from graft.data.images import MAX_PIXELS
+    from graft.errors import ImageTooLarge
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header_only(side, side))
+    assert side * side > MAX_PIXELS
+    with pytest.raises(ImageTooLarge, match=r"bomb\.png: .*replace or remove"):
+        load_rgb(path)
+
+
+def test_a_bomb_among_good_images_is_skipped_and_listed(tmp_path):
+    from conftest import make_image, png_header_only
+    from graft.config import FeatureConfig
+    from graft.features.backbones import create_backbone
+    from graft.features.extract import extract_features
+
+    good = [make_image(tmp_path / f"{i}.png", (10, 200, 30), i) for i in range(3)]
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(16_000, 16_000))
+    result = extract_features([*good, bomb], create_backbone("test_efficientnet", pretrained=False, image_size=32),
+                              FeatureConfig(cache_dir=str(tmp_path / "cache"), num_workers=0))
+    assert result.paths == good and "pixels" in result.failures[bomb]

@@ -65,3 +65,40 @@ def test_real_lifeclef_directory():
 def test_missing_dataset_path_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_manifest(tmp_path / "nope")
+
+
+def test_a_csv_that_is_not_utf8_names_the_byte_and_the_fix(tmp_path):
+    make_image(tmp_path / "a.png", (1, 2, 3), 0)
+    (tmp_path / "list.csv").write_bytes("path,label\na.png,Érable\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"list\.csv: byte 17 \(line 2\).*save the file as UTF-8"):
+        load_manifest(tmp_path / "list.csv")
+
+
+def test_a_name_that_is_not_utf8_is_skipped_and_listed_at_read_time(folder_data):
+    import os
+
+    bad = os.fsdecode(bytes(folder_data / "red") + b"/caf\xe9.png")
+    make_image(folder_data / "red" / "0.png", (200, 40, 40), 0)
+    os.link(folder_data / "red" / "0.png", bad)
+    manifest = load_manifest(folder_data)
+    assert len(manifest) == 24 and any("not valid UTF-8" in p and "caf\\xe9" in p for p in manifest.problems)
+    manifest.write_csv(folder_data / "manifest.csv")  # what fit writes at the end of a long run
+
+
+def test_dangling_and_looping_links_are_listed_not_dropped(folder_data):
+    (folder_data / "red" / "gone.png").symlink_to(folder_data / "nowhere.png")
+    (folder_data / "red" / "loop.png").symlink_to(folder_data / "red" / "loop.png")
+    manifest = load_manifest(folder_data)
+    listed = "\n".join(manifest.problems)
+    assert "gone.png" in listed and "loop.png" in listed and "symbolic link" in listed
+    assert len(manifest) == 24
+
+
+def test_csv_duplicates_count_once_and_an_image_under_two_labels_is_skipped(tmp_path):
+    for name in ("a", "b", "c"):
+        make_image(tmp_path / f"{name}.png", (1, 2, 3), 0)
+    (tmp_path / "list.csv").write_text("path,label\na.png,oak\na.png,oak\nb.png,oak\nb.png,elm\nc.png,elm\n")
+    manifest = read_csv(tmp_path / "list.csv")
+    assert [(r.path.name, r.label) for r in manifest] == [("a.png", "oak"), ("c.png", "elm")]
+    listed = "\n".join(manifest.problems)
+    assert "more than once" in listed and "several labels ['elm', 'oak']" in listed

@@ -72,6 +72,17 @@ def test_bad_uploads_are_4xx_json_and_the_server_survives(run):
     assert client.post("/identify", files=[("files", ("ok.png", png(), "image/png"))]).status_code == 200
 
 
+def test_a_decompression_bomb_is_a_413_with_the_fix_and_the_server_survives(run):
+    from conftest import png_header_only
+
+    client = ready_client(create_app(run, "torch"))  # the default limits
+    for side in (11_500, 16_000):
+        response = client.post("/identify", files=[("files", ("bomb.png", png_header_only(side, side), "image/png"))])
+        assert response.status_code == 413, response.text
+        assert "replace or remove" in response.json()["detail"]
+    assert client.post("/identify", files=[("files", ("ok.png", png(), "image/png"))]).status_code == 200
+
+
 def test_onnx_and_torch_agree_on_real_images(tiny_config, tmp_path):
     folders = sorted(p for p in (SHARED / "flavia").iterdir() if p.is_dir())[:2]
     for folder in folders:
@@ -105,3 +116,30 @@ def test_predict_uses_the_onnx_export_and_agrees_with_torch(run, folder_data):
     assert [r["label"] for r in onnx_answer["ranking"]] == [r["label"] for r in torch_answer["ranking"]]
     assert np.allclose([r["probability"] for r in onnx_answer["ranking"]],
                        [r["probability"] for r in torch_answer["ranking"]], atol=1e-4)
+
+
+def test_an_oversized_body_is_refused_before_it_is_parsed_or_spooled(run, monkeypatch):
+    import starlette.formparsers
+
+    parsed = []
+    original = starlette.formparsers.MultiPartParser.parse
+
+    async def recording(self):
+        parsed.append(1)
+        return await original(self)
+
+    monkeypatch.setattr(starlette.formparsers.MultiPartParser, "parse", recording)
+    limits = Limits(max_files=2, max_bytes=20_000)
+    client = ready_client(create_app(run, "torch", limits))
+    big = [("files", (f"{i}.bin", b"\0" * 200_000, "image/png")) for i in range(2)]
+    response = client.post("/identify", files=big)  # Content-Length tells: refused before any parsing
+    assert response.status_code == 413 and "at most" in response.json()["detail"] and not parsed
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(40):
+            yield b"\0" * 10_000
+
+    headers = {"content-type": "multipart/form-data; boundary=x"}
+    response = client.post("/identify", content=chunks(), headers=headers)
+    assert response.status_code == 413 and "at most" in response.json()["detail"]
+    assert client.post("/identify", files=[("files", ("ok.png", png(), "image/png"))]).status_code == 200

@@ -66,3 +66,14 @@ def test_single_image_label_is_warned():
     m.records.append(ImageRecord(Path("lonely.jpg"), "lonely", "lonely-0"))
     warnings = check_trainable(assign_splits(m))
     assert any("lonely" in w and "single" in w for w in warnings)
+
+
+def test_an_unreadable_observation_moves_no_other_observation_between_splits():
+    whole = assign_splits(manifest(observations=20))
+    lost = "1-7"  # e.g. its only file was corrupt, a dangling link, or not UTF-8
+    fewer = assign_splits(Manifest([r for r in manifest(observations=20) if r.observation != lost], "synthetic"))
+    before = {r.observation: r.split for r in whole}
+    after = {r.observation: r.split for r in fewer}
+    moved = [o for o in after if after[o] != before[o]]
+    assert lost not in after and len(after) == len(before) - 1
+    assert len(moved) <= 1 and all(o.startswith("1-") for o in moved)  # at most the boundary of that label

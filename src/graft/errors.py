@@ -25,3 +25,7 @@ class RunError(GraftError):
 
 class ImageError(GraftError):
     """One image could not be decoded; pipelines skip the image and list it instead of stopping."""
+
+
+class ImageTooLarge(ImageError):
+    """An image's header announces more pixels than graft decodes (a decompression bomb, or a huge scan)."""

@@ -16,8 +16,11 @@ A run is evaluated on the data's own test part when it has one, else on the vali
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +59,51 @@ class RunFiles:
             "out_of_fold": "out-of-fold.npz",
         }.items():
             setattr(self, role, self.root / name)
+        self.lock = self.root / ".graft-lock"
         self.checkpoints = self.finetune / "checkpoints"
         self.last_checkpoint = self.checkpoints / "last.ckpt"
+        self.best_checkpoint = self.checkpoints / "best.ckpt"
+        self.finetune_log = self.finetune / "metrics.csv"  # Lightning's CSV log of the current (or last) session
+
+    def finetune_logs(self) -> list[Path]:
+        """Every fine-tuning session's CSV log in order: the earlier sessions' (kept by a resume), then the last."""
+        earlier = sorted(self.finetune.glob("metrics.session-*.csv"))
+        return earlier + ([self.finetune_log] if self.finetune_log.is_file() else [])
+
+    def keep_finetune_log(self) -> None:
+        """Before a resume: Lightning's CSV logger rewrites its file on start, so the finished epochs move aside."""
+        if self.finetune_log.is_file():
+            self.finetune_log.rename(self.finetune / f"metrics.session-{len(self.finetune_logs()):03d}.csv")
 
     def is_ensemble(self) -> bool:
         return self.ensemble.is_file()
+
+
+@contextmanager
+def writing(files: RunFiles) -> Iterator[RunFiles]:
+    """Hold the run directory for one writer (fit, finetune) at a time; a second gets a clear error, not a mix.
+
+    ``results.json`` is removed first and written last, so a run is complete (it has one) or recognisably
+    incomplete (it has none): readers refuse the latter.
+    """
+    files.root.mkdir(parents=True, exist_ok=True)
+    with files.lock.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunError(f"{files.root} is being written by {holder}; wait for it to finish or choose another "
+                           "--out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"graft (pid {os.getpid()})")
+        handle.flush()
+        files.results.unlink(missing_ok=True)
+        try:
+            yield files
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def evaluation_part(manifest: Manifest) -> Manifest:
@@ -172,6 +215,9 @@ def load_run(run_dir: str | Path) -> Classifier:
     missing = [path.name for path in needed if not path.is_file()]
     if missing:
         raise RunError(f"{files.root}: not a complete graft run (missing {', '.join(missing)}); run `graft fit` first")
+    if not files.results.is_file():
+        raise RunError(f"{files.root}: an incomplete run (no {files.results.name}: its fit or finetune stopped before "
+                       "the end); run `graft fit` again")
     config = GraftConfig.from_yaml(files.config)
     labels = json.loads(files.labels.read_text())
     settings = config.backbone.model_dump()

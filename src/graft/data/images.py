@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from graft.errors import ImageError
+from graft.errors import ImageError, ImageTooLarge
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-# Bigger than any photo or scan we expect, small enough to refuse a decompression bomb (~ 16k x 16k).
-MAX_PIXELS = 250_000_000
+# The one pixel limit, everywhere (files, cache, uploads), checked from the header before any pixel is decoded:
+# above the largest phone sensors' full-resolution modes (108 MP), far below a decompression bomb's size.
+MAX_PIXELS = 120_000_000
 
 
 def is_image_path(path: Path) -> bool:
@@ -41,22 +43,45 @@ def _high_depth_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(array / scale * 255.0, 0, 255).round().astype(np.uint8)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image file to RGB or raise ImageError naming the file and the fix."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {image.width}x{image.height} pixels exceeds the limit of {MAX_PIXELS}")
-                image.load()
-                return to_rgb(image)
-    except ImageError:
-        raise
+        with path.open("rb") as handle:
+            return decode_rgb(handle, str(path), max_pixels)
     except FileNotFoundError as error:
         raise ImageError(f"{path}: file not found; fix the path in the manifest or restore the file") from error
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as error:
-        size = path.stat().st_size if path.exists() else 0
-        what = "empty file (0 bytes)" if size == 0 else f"not a readable image ({error})"
-        raise ImageError(f"{path}: {what}; replace or remove the file") from error
+    except OSError as error:  # a folder, a dangling link, no permission
+        raise ImageError(f"{path}: cannot read ({error.strerror or error}); fix or remove the file") from error
+
+
+def decode_rgb(source: io.BufferedIOBase | bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode bytes or an open file to upright 8-bit RGB. The pixel count is checked from the header before any
+    pixel is decoded (:class:`ImageTooLarge`); anything unreadable is an :class:`ImageError` naming ``name``."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            with Image.open(stream) as image:
+                if image.width * image.height > max_pixels:
+                    raise _too_large(name, image.width, image.height, max_pixels)
+                image.load()
+                return to_rgb(image)
+    except Image.DecompressionBombError as error:  # PIL refuses at 2x its own limit, while reading the header
+        raise ImageTooLarge(f"{name}: {error}; at most {max_pixels:,} pixels; replace or remove the file") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        empty = stream.getbuffer().nbytes == 0 if isinstance(stream, io.BytesIO) else _is_empty(stream)
+        what = "empty file (0 bytes)" if empty else f"not a readable image ({error})"
+        raise ImageError(f"{name}: {what}; replace or remove the file") from error
+
+
+def _too_large(name: str, width: int, height: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                         f"{max_pixels:,}; replace or remove the file (or resize it)")
+
+
+def _is_empty(stream) -> bool:
+    try:
+        return stream.seek(0, io.SEEK_END) == 0
+    except (OSError, ValueError):
+        return False

@@ -125,7 +125,11 @@ def read_folder(root: str | Path) -> Manifest:
     if not label_dirs:
         raise DataError(f"{root}: no class sub-folders; expected {root}/<label>/<image files>")
     for label_dir in label_dirs:
-        for path in sorted(p for p in label_dir.rglob("*") if p.is_file()):
+        if unreadable_name(label_dir, problems):
+            continue
+        for path in sorted(label_dir.rglob("*")):
+            if path.is_dir() or unreadable_name(path, problems) or dangling(path, problems):
+                continue
             if not is_image_path(path):
                 problems.append(f"{path}: not an image file (by extension); skipped")
                 continue
@@ -137,6 +141,36 @@ def read_folder(root: str | Path) -> Manifest:
     return Manifest(records, str(root), problems)
 
 
+def unreadable_name(path: Path, problems: list[str]) -> bool:
+    """A file or folder name that is not valid UTF-8 cannot be written to a manifest or a report: list and skip it."""
+    try:
+        str(path).encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        problems.append(f"{shown}: the name is not valid UTF-8; skipped (rename it)")
+        return True
+
+
+def dangling(path: Path, problems: list[str]) -> bool:
+    """A symbolic link to nothing (or to itself): list and skip it rather than dropping it silently."""
+    if path.is_symlink() and not path.exists():
+        problems.append(f"{path}: a symbolic link to a missing file (or a link loop); skipped (fix or remove it)")
+        return True
+    return False
+
+
+def read_text(path: Path) -> str:
+    """A text file as UTF-8 (a BOM is fine); anything else is refused with the byte offset and the fix."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}: byte {error.start} (line {line}) is {data[error.start:error.start + 1]!r}, not UTF-8; "
+                        "save the file as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet's Save As)") from error
+
+
 def read_csv(path: str | Path, columns: dict[str, str] | None = None) -> Manifest:
     """A CSV with one row per image. ``columns`` maps graft fields to CSV headers (default: the same names)."""
     path = Path(path)
@@ -145,21 +179,41 @@ def read_csv(path: str | Path, columns: dict[str, str] | None = None) -> Manifes
     if unknown:
         raise DataError(f"column mapping names unknown fields {sorted(unknown)}; graft fields are {list(FIELDS)}")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        header = reader.fieldnames or []
-        missing = [f"{name} (column {mapping[name]!r})" for name in REQUIRED_CSV_FIELDS if mapping[name] not in header]
-        if missing:
-            raise DataError(
-                f"{path}: required column(s) {', '.join(missing)} not in header {header}; "
-                "rename them or map them, e.g. --column label=species"
-            )
-        records, problems = [], []
-        for line, row in enumerate(reader, start=2):
-            record = _csv_record(row, mapping, path.parent, f"{path}:{line}", problems)
-            if record is not None:
-                records.append(record)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    header = reader.fieldnames or []
+    missing = [f"{name} (column {mapping[name]!r})" for name in REQUIRED_CSV_FIELDS if mapping[name] not in header]
+    if missing:
+        raise DataError(
+            f"{path}: required column(s) {', '.join(missing)} not in header {header}; "
+            "rename them or map them, e.g. --column label=species"
+        )
+    records, problems, where = [], [], {}
+    for line, row in enumerate(reader, start=2):
+        record = _csv_record(row, mapping, path.parent, f"{path}:{line}", problems)
+        if record is not None:
+            records.append(record)
+            where.setdefault(record.path, f"{path}:{line}")
+    records = one_row_per_image(records, where, problems)
     return Manifest(_separate_mixed_observations(records, problems), str(path), problems)
+
+
+def one_row_per_image(records: list[ImageRecord], where: dict[Path, str], problems: list[str]) -> list[ImageRecord]:
+    """An image listed twice counts once; an image listed under several labels teaches nothing true: both skipped."""
+    labels: dict[Path, set[str]] = {}
+    for record in records:
+        labels.setdefault(record.path, set()).add(record.label)
+    kept, seen = [], set()
+    for record in records:
+        if len(labels[record.path]) > 1:
+            if record.path not in seen:
+                problems.append(f"{where[record.path]}: {record.path} is listed under several labels "
+                                f"{sorted(labels[record.path])}; all its rows skipped (one image, one label)")
+        elif record.path in seen:
+            problems.append(f"{where[record.path]}: {record.path} is listed more than once; counted once")
+        else:
+            kept.append(record)
+        seen.add(record.path)
+    return kept
 
 
 def _csv_record(row: dict, mapping: dict[str, str], base: Path, where: str, problems: list[str]) -> ImageRecord | None:
@@ -169,6 +223,8 @@ def _csv_record(row: dict, mapping: dict[str, str], base: Path, where: str, prob
         problems.append(f"{where}: empty required field(s) {empty}; row skipped")
         return None
     image = Path(value["path"]) if os.path.isabs(value["path"]) else base / value["path"]
+    if dangling(image, problems):
+        return None
     if not image.is_file():
         problems.append(f"{where}: image {image} not found; row skipped (fix the path, relative to the CSV)")
         return None

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter, defaultdict
-
-import numpy as np
 
 from graft.data.manifest import Manifest
 from graft.errors import DataError
@@ -16,8 +15,9 @@ def assign_splits(manifest: Manifest, val_fraction: float = 0.25, seed: int = 0)
 
     A test part the data already names (LifeCLEF ``LearnTag=Test``, a ``split`` column) is kept; so is an explicit
     validation part. Otherwise the rest is split ``1 - val_fraction : val_fraction`` (3:1 by default) by observation:
-    per label, its observations are shuffled with ``seed`` and ``round(n * val_fraction)`` of them (at least one when
-    the label has two or more) go to validation.
+    per label, its observations are ordered by a seeded hash of their own id and the first ``round(n * val_fraction)``
+    (at least one when the label has two or more) go to validation. An observation's place in that order depends on
+    nothing else, so an unreadable file elsewhere moves at most the boundary, never the whole split.
     """
     records = manifest.records
     has_val = any(r.split == "val" for r in records)
@@ -43,16 +43,18 @@ def _choose_validation(observations: list[tuple[str, str]], val_fraction: float,
     by_label: dict[str, list[str]] = defaultdict(list)
     for observation, label in dict(observations).items():
         by_label[label].append(observation)
-    rng = np.random.default_rng(seed)
     chosen: set[str] = set()
     for label in sorted(by_label):
-        group = sorted(by_label[label])
-        rng.shuffle(group)
+        group = sorted(by_label[label], key=lambda observation: _rank(seed, label, observation))
         n_val = round(len(group) * val_fraction)
         if len(group) >= 2:
             n_val = min(max(n_val, 1), len(group) - 1)
         chosen.update(group[:n_val])
     return chosen
+
+
+def _rank(seed: int, label: str, observation: str) -> str:
+    return hashlib.sha256(f"{seed}\0{label}\0{observation}".encode()).hexdigest()
 
 
 def check_trainable(manifest: Manifest) -> list[str]:

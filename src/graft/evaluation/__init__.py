@@ -1,6 +1,7 @@
-"""Stage 6, evaluation: LifeCLEF S and top-k per observation, ``graft evaluate``, and ``graft report``."""
+"""Stage 6, evaluation: LifeCLEF S and top-k per observation (``metrics.py``), ``graft evaluate`` (``evaluate.py``),
+``graft report`` (``report.py``, ``plots.py``). ``graft.evaluate`` is the function; this package re-exports nothing
+that would shadow its modules."""
 
-from graft.evaluation.evaluate import evaluate
 from graft.evaluation.metrics import lifeclef_score, observation_scores, score_probabilities, top_k
 
-__all__ = ["evaluate", "lifeclef_score", "observation_scores", "score_probabilities", "top_k"]
+__all__ = ["lifeclef_score", "observation_scores", "score_probabilities", "top_k"]

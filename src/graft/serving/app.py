@@ -5,20 +5,19 @@ it is ready); requests run concurrently in FastAPI's thread pool. Bad input is a
 
 from __future__ import annotations
 
-import io
 import threading
 import time
-import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import HTMLResponse
-from PIL import Image, UnidentifiedImageError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 
-from graft.data.images import to_rgb
+from graft.data.images import MAX_PIXELS, decode_rgb
+from graft.errors import ImageError, ImageTooLarge
 from graft.model.identification import identify_images
 
 
@@ -26,7 +25,45 @@ from graft.model.identification import identify_images
 class Limits:
     max_files: int = 12
     max_bytes: int = 15 * 1024 * 1024  # per file
-    max_pixels: int = 40_000_000  # per image: refuses decompression bombs before decoding
+    max_pixels: int = MAX_PIXELS  # per image, from the header: refuses decompression bombs before decoding
+
+    @property
+    def max_request_bytes(self) -> int:
+        """A whole request: every file at its limit, plus room for the multipart headers and form fields."""
+        return self.max_files * (self.max_bytes + 16 * 1024) + 64 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes is refused before it is parsed or spooled to disk - at once from
+    its Content-Length, or as soon as the bytes of a chunked upload pass the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(int(declared), scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self._reason(received))  # FastAPI answers it; the rest is never read
+            return message
+
+        return await self.app(scope, counted, send)
+
+    def _reason(self, size: int) -> str:
+        return (f"request body of {size:,} bytes or more; at most {self.limit:,} (the photos of one observation); "
+                "send fewer or smaller photos")
+
+    async def _refuse(self, size: int, scope, receive, send) -> None:
+        await JSONResponse({"detail": self._reason(size)}, status_code=413)(scope, receive, send)
 
 
 def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limits()) -> FastAPI:
@@ -46,6 +83,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
         yield
 
     app = FastAPI(title="graft", description="Identify a subject from several photos of it.", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
 
     def ready():
         if state["engine"] is None:
@@ -100,14 +138,8 @@ def _decode(upload: UploadFile, limits: Limits) -> Image.Image:
     if not data:
         raise HTTPException(400, f"{name}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > limits.max_pixels:
-                raise HTTPException(413, f"{name}: {image.width}x{image.height} pixels; at most {limits.max_pixels}")
-            image.load()
-            return to_rgb(image)
-    except HTTPException:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as error:
-        raise HTTPException(415, f"{name}: not a readable image ({type(error).__name__})") from error
+        return decode_rgb(data, name, limits.max_pixels)
+    except ImageTooLarge as error:
+        raise HTTPException(413, str(error)) from error
+    except ImageError as error:
+        raise HTTPException(415, str(error)) from error

@@ -1,8 +1,5 @@
-"""Stage 5, training: the head on cached features (``fit``), fine-tuning the whole network, one-group augmentation,
-ensembles, and the training history. Both trainers share :mod:`graft.training.lightning`."""
+"""Stage 5, training: choosing and training the head on cached features (``fit.py``, ``crossfit.py``,
+``families.py``, ``head.py``), fine-tuning the whole network (``finetune.py``, ``finetune_module.py``), one-group
+augmentation, ensembles, and the training history. Both trainers share ``lightning.py``.
 
-from graft.training.ensemble import make_ensemble
-from graft.training.finetune import finetune
-from graft.training.fit import RunResult, fit, prepare_manifest
-
-__all__ = ["RunResult", "finetune", "fit", "make_ensemble", "prepare_manifest"]
+(No re-exports here: ``graft.training.fit`` is the module; ``graft.fit`` is the function.)"""

@@ -39,6 +39,7 @@ from graft.run import (
     write_json,
     write_results,
     write_state,
+    writing,
 )
 from graft.training.augment import training_transform
 from graft.training.finetune_module import IGNORE, FineTuneModule, ImageDataset, ValidationInfo
@@ -98,19 +99,33 @@ def finetune(
     if resume and not files.last_checkpoint.is_file():
         raise RunError(f"{files.last_checkpoint} not found: nothing to resume; "
                        f"run `graft finetune {files.root}` without --resume")
+    if resume:
+        files.keep_finetune_log()
     with quiet_lightning():
         trainer = _trainer(files, config, progress, list(callbacks))
+        # weights_only: a checkpoint is data; one that needs unpickling code is refused, never run
         trainer.fit(module, *_loaders(classifier, config, train, val, label_index),
-                    ckpt_path=str(files.last_checkpoint) if resume else None)
+                    ckpt_path=str(files.last_checkpoint) if resume else None, weights_only=True)
     if not trainer.is_global_zero:
         return None
-    history = merge_epoch_rows(Path(trainer.logger.log_dir) / "metrics.csv", files.finetune_history)
+    history = merge_epoch_rows(files.finetune_logs(), files.finetune_history)
     if trainer.interrupted:
         return FineTuneResult(files.root, "head-only", {}, {}, trainer.current_epoch, time.perf_counter() - start, True)
-    best = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
+    best = _best_checkpoint(files)
     module.load_state_dict(best["state_dict"])
     trained = _TrainedModel(classifier, module, config, int(best["epoch"]), trainer.current_epoch)
-    return _keep_better(files, trained, manifest, history, time.perf_counter() - start)
+    previous = read_results(files.root)
+    with writing(files):  # rank 0 only: what it writes makes the run either fully head-only or fully fine-tuned
+        return _keep_better(files, trained, manifest, history, previous, time.perf_counter() - start)
+
+
+def _best_checkpoint(files: RunFiles) -> dict[str, Any]:
+    """The best epoch's weights, from the path graft names (never a path read out of a checkpoint), as data only."""
+    try:
+        return torch.load(files.best_checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # a tampered or foreign file: refuse it, never unpickle it
+        raise RunError(f"{files.best_checkpoint}: not a weights-only checkpoint graft wrote ({type(error).__name__}); "
+                       f"delete {files.finetune} and fine-tune again") from error
 
 
 def _training_records(manifest: Manifest, min_vote: float | None) -> list[ImageRecord]:
@@ -144,7 +159,8 @@ def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra:
     settings = config.finetune
     bar = sys.stdout.isatty() if progress is None else progress
     callbacks = [
-        ModelCheckpoint(dirpath=files.checkpoints, filename="best", monitor="val_loss", enable_version_counter=False),
+        ModelCheckpoint(dirpath=files.checkpoints, filename=files.best_checkpoint.stem, monitor="val_loss",
+                        enable_version_counter=False),
         # save_last=True would refresh the last checkpoint only when "best" improves; resuming needs every epoch
         ModelCheckpoint(dirpath=files.checkpoints, filename=files.last_checkpoint.stem, monitor=None,
                         enable_version_counter=False),
@@ -180,7 +196,7 @@ class _TrainedModel:
 
 
 def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, history: list[dict[str, str]],
-                 seconds: float) -> FineTuneResult:
+                 previous: dict[str, Any], seconds: float) -> FineTuneResult:
     tuned = trained.classifier()
     part = evaluation_part(manifest)
     feature_set = tuned.manifest_features(part)
@@ -188,7 +204,6 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     tuned_results = score(tuned, part.records, feature_set.rows_for([r.path for r in part]))
     tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
                       "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1)}
-    previous = read_results(files.root)
     head_only = previous.get("head_only", previous)
     kept = "finetuned" if tuned_results["S"] > head_only["S"] else "head-only"
     if kept == "finetuned":

@@ -28,7 +28,7 @@ from graft.model.calibration import expected_calibration_error, fit_temperature,
 from graft.model.classifier import Classifier
 from graft.model.fusion import softmax
 from graft.model.head import predict_logits
-from graft.run import RunFiles, evaluation_part, write_data, write_model, write_out_of_fold, write_results
+from graft.run import RunFiles, evaluation_part, write_data, write_model, write_out_of_fold, write_results, writing
 from graft.training.crossfit import cross_fit, final_head
 from graft.training.head import fit_head, resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, write_rows
@@ -83,11 +83,18 @@ def fit(
     files = RunFiles(out)
     manifest, warnings = prepare_manifest(data, config)
     backbone = create_backbone(**config.backbone.model_dump())
-    files.root.mkdir(parents=True, exist_ok=True)
+    with writing(files):
+        results, problems, later = _fit_into(files, manifest, backbone, config, progress)
+    return RunResult(files.root, results, warnings + [w for w in later if w not in warnings], problems)
+
+
+def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig,
+              progress: bool) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Extraction, head, calibration, scoring and writing, while ``fit`` holds the run directory."""
     classifier = Classifier(backbone, nn.Identity(), [], config)
     feature_set = classifier.manifest_features(manifest, progress)
     manifest = manifest.without(feature_set.failures)
-    warnings += [w for w in check_trainable(manifest) if w not in warnings]  # only what skipped images changed
+    warnings_after = check_trainable(manifest)  # stops here if skipped images leave too little
     evaluated = evaluation_part(manifest)
     if config.head.selection == "holdout":
         classifier.labels = sorted({r.label for r in manifest.where("train")})
@@ -131,7 +138,7 @@ def fit(
     note = "\n\n".join([f"Evaluated on the {results['evaluated_on']} split; observation fusion: {results['fusion']}.",
                         *trained.notes])
     write_results(files, results, [(f"{backbone.name} + {results['head']} head", results)], note)
-    return RunResult(files.root, results, warnings, problems)
+    return results, problems, warnings_after
 
 
 def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,

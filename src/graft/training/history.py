@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 from graft.files import atomic_write, atomic_write_text
 
 
-def merge_epoch_rows(lightning_csv: Path, out: Path) -> list[dict[str, str]]:
-    """Lightning writes train and validation metrics on separate rows; write one row per epoch."""
+def merge_epoch_rows(lightning_csv: Path | Sequence[Path], out: Path) -> list[dict[str, str]]:
+    """Lightning writes train and validation metrics on separate rows; write one row per epoch. Several logs (the
+    sessions of a resumed run) are read in order; a later session's row for an epoch replaces an earlier one's."""
     by_epoch: dict[int, dict[str, str]] = {}
     waiting: dict[str, str] = {}  # rows without an epoch (the LR logged as an epoch starts) join the next epoch row
-    with lightning_csv.open() as handle:
-        for row in csv.DictReader(handle):
-            values = {key: value for key, value in row.items() if value != ""}
-            if not row.get("epoch"):
-                waiting.update(values)
-                continue
-            merged = by_epoch.setdefault(int(row["epoch"]), {})
-            merged.update({**waiting, **values})
-            waiting = {}
+    for row in _rows(lightning_csv):
+        values = {key: value for key, value in row.items() if value != ""}
+        if not row.get("epoch"):
+            waiting.update(values)
+            continue
+        merged = by_epoch.setdefault(int(row["epoch"]), {})
+        merged.update({**waiting, **values})
+        waiting = {}
     return write_rows([by_epoch[epoch] for epoch in sorted(by_epoch)], out)
+
+
+def _rows(paths: Path | Sequence[Path]):
+    for path in [paths] if isinstance(paths, Path) else paths:
+        with path.open() as handle:
+            yield from csv.DictReader(handle)
 
 
 def write_rows(rows: list[dict[str, str]], out: Path) -> list[dict[str, str]]:
