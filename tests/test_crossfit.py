@@ -106,8 +106,9 @@ def test_standardize_does_not_blow_up_near_constant_dimensions():
     assert layer(new).abs().max() < 1e3  # the old 1e-6 clamp gave ~1e5 here
 
 
-def test_auto_tries_the_mlp_only_on_data_with_enough_images_per_class():
-    config = HeadConfig()
+def test_auto_tries_every_family_unless_told_to_skip_the_mlp_on_small_data():
+    assert {c.kind for c in candidates(HeadConfig(), images_per_class=5)} == {"linear", "prototype", "mlp"}
+    config = HeadConfig(mlp_min_images_per_class=100)
     few = {c.kind for c in candidates(config, images_per_class=5)}
     many = {c.kind for c in candidates(config, images_per_class=5000)}
     assert few == {"linear", "prototype"} and many == {"linear", "prototype", "mlp"}

@@ -27,7 +27,8 @@ def inspect(
     manifest = assign_splits(load_manifest(data, settings.data.format, settings.data.columns),
                              settings.data.val_fraction, settings.data.seed)
     summary = summarize(manifest, check_images=not no_decode)
-    console.print(f"[bold]{summary.source}[/]: {summary.n_images} images, {summary.n_observations} observations, "
+    console.print(f"[bold]{summary.source}[/] (read as {summary.schema}): {summary.n_images} images, "
+                  f"{summary.n_observations} observations, "
                   f"{len(summary.per_label)} labels, {len(summary.observations_per_user)} users")
     for title, counts in (("split", summary.per_split), ("view", summary.per_view),
                           ("label", summary.per_label), ("observations per user", summary.observations_per_user)):

@@ -14,6 +14,7 @@ from graft.errors import ImageError
 @dataclass
 class DataSummary:
     source: str
+    schema: str
     n_images: int
     per_label: Counter
     per_view: Counter
@@ -38,6 +39,7 @@ def summarize(manifest: Manifest, check_images: bool = True) -> DataSummary:
         users[user] += 1
     return DataSummary(
         source=manifest.source,
+        schema=manifest.schema,
         n_images=len(manifest),
         per_label=Counter(r.label for r in manifest),
         per_view=Counter(r.view or "(none)" for r in manifest),

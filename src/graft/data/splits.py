@@ -36,7 +36,7 @@ def assign_splits(manifest: Manifest, val_fraction: float = 0.25, seed: int = 0)
         return "val" if record.observation in chosen_val else "train"
 
     assigned = [dataclasses.replace(r, split=split_of(r)) for r in records]
-    return Manifest(assigned, manifest.source, manifest.problems)
+    return Manifest(assigned, manifest.source, manifest.problems, manifest.schema)
 
 
 def _choose_validation(observations: list[tuple[str, str]], val_fraction: float, seed: int) -> set[str]:
