@@ -123,7 +123,9 @@ def main() -> None:
         for name, runs in per_row.items():
             cells = [f"{np.mean([r[k] for r in runs]):.3f} ± {np.std([r[k] for r in runs]):.3f}" for k in KEYS]
             chosen = ", ".join(sorted({str(r.get("chosen", "")) for r in runs})) or "-"
-            print(f"| {name} | {' | '.join(cells)} | {np.nanmean([r['seconds'] for r in runs]):.1f} | {chosen} |")
+            seconds = [r["seconds"] for r in runs if np.isfinite(r["seconds"])]
+            spent = f"{np.mean(seconds):.1f}" if seconds else "-"
+            print(f"| {name} | {' | '.join(cells)} | {spent} | {chosen} |")
         print(flush=True)
 
 

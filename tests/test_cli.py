@@ -113,3 +113,18 @@ def test_usage_errors_through_the_installed_entry_point_have_no_traceback():
         assert process.returncode == 2, (args, process.stderr)
         assert reason in process.stderr and "Traceback" not in process.stderr + process.stdout
         assert "--help" in process.stderr
+
+
+def test_predict_with_no_readable_image_is_one_line_and_exit_2_in_both_engines(folder_data, tiny_config, tmp_path):
+    config = write_config(tiny_config, tmp_path)
+    assert runner.invoke(app, ["fit", str(folder_data), "--out", str(tmp_path / "run"), "--config", str(config),
+                               "-q"]).exit_code == 0
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert runner.invoke(app, ["export", str(tmp_path / "run")]).exit_code == 0
+    for engine in ("torch", "onnx"):
+        process = subprocess.run([sys.executable, "-m", "graft", "predict", str(tmp_path / "run"), str(broken),
+                                  "--engine", engine, "--json"], capture_output=True, text=True)
+        assert process.returncode == 2, (engine, process.stdout, process.stderr)
+        assert "no readable image" in process.stderr and "Traceback" not in process.stderr, engine
+        assert process.stdout == ""  # never an empty ranking that looks like an answer

@@ -51,7 +51,7 @@ def fit(
     default_view: Annotated[str | None, typer.Option(help="View of images without one, e.g. LeafScan.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Extract (or reuse cached) features, train the dense head, evaluate, and write a run directory."""
+    """Extract (or reuse cached) features, choose the head by cross-fitting, train it, evaluate, write a run."""
     from graft.training.fit import fit as fit_run
 
     settings = load_config(

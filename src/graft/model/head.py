@@ -80,4 +80,5 @@ def predict_logits(head: nn.Module, features: np.ndarray, batch_size: int = 4096
     head.eval()
     with torch.inference_mode():
         tensor = torch.as_tensor(features, dtype=torch.float32)
-        return torch.cat([head(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]).numpy()
+        chunks = [head(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]
+        return torch.cat(chunks or [head(tensor[:0])]).numpy()  # no rows: a [0, C] answer, not an error

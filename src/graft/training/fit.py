@@ -9,6 +9,7 @@ fusion rule; ``head.selection: holdout`` keeps the previous early stopping on th
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,10 +144,9 @@ def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig
 
 def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
               progress: bool) -> TrainedHead:
-    import time
-
     start = time.perf_counter()
-    records = [r for r in training if r.label in set(labels)]
+    known = set(labels)
+    records = [r for r in training if r.label in known]
     x, y = labelled_features(Manifest(records), feature_set, labels)
     weights = resolve_class_weights(config.head.class_weights, labels, y)
     fusion = config.predict.fusion
