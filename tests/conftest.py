@@ -15,7 +15,7 @@ COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
 
 def fixture_seed(label_index: int, image_index: int) -> int:
-    """A fixed seed per fixture image (never ``hash()``, which Python salts per process)."""
+    """A fixed seed per fixture image (string hashing is salted per process: fixtures would differ run to run)."""
     return 1000 * label_index + image_index
 
 
