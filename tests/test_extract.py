@@ -96,3 +96,26 @@ def test_concatenated_backbones_reuse_each_members_cache(tmp_path, images, backb
     assert together.extracted == 0  # each member's features were cached by the single-backbone pass
     assert np.array_equal(together.features, np.hstack([alone.features, alone.features]))
     assert both.num_features == 2 * backbone.num_features
+
+
+def test_reduced_jpeg_decoding_is_close_to_full_decoding_and_cached_apart(tmp_path, backbone):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(3):
+        small = np.clip(rng.normal(110 + 40 * i, 30, (24, 32, 3)), 0, 255).astype(np.uint8)
+        path = tmp_path / f"photo{i}.jpg"
+        Image.fromarray(small).resize((1600, 1200), Image.BICUBIC).save(path, quality=92)  # smooth, like a photo
+        paths.append(path)
+
+    def run(decode):
+        settings = FeatureConfig(cache_dir=str(tmp_path / "cache"), batch_size=4, num_workers=0, decode=decode)
+        return extract_features(paths, backbone, settings)
+
+    full, reduced = run("full"), run("reduced")
+    assert full.extracted == 3 and reduced.extracted == 3  # the decode mode is part of the cache key
+    assert run("reduced").extracted == 0 and run("full").extracted == 0
+    cosine = (full.features * reduced.features).sum(1) / (
+        np.linalg.norm(full.features, axis=1) * np.linalg.norm(reduced.features, axis=1))
+    assert cosine.min() > 0.99 and not np.array_equal(full.features, reduced.features)

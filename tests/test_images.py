@@ -93,3 +93,17 @@ def test_a_bomb_among_good_images_is_skipped_and_listed(tmp_path):
     result = extract_features([*good, bomb], create_backbone("test_efficientnet", pretrained=False, image_size=32),
                               FeatureConfig(cache_dir=str(tmp_path / "cache"), num_workers=0))
     assert result.paths == good and "pixels" in result.failures[bomb]
+
+
+def test_a_large_jpeg_is_decoded_only_down_to_the_side_the_backbone_needs(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(120, 40, (1500, 2000, 3)), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated: 1500 wide, 2000 high
+    Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=90, exif=exif.tobytes())
+    reduced = load_rgb(tmp_path / "big.jpg", min_side=256)
+    assert reduced.size == (375, 500)  # 1/4 scale: the smallest that keeps both sides >= 256, still upright
+    assert load_rgb(tmp_path / "big.jpg").size == (1500, 2000)
+    assert load_rgb(tmp_path / "big.jpg", min_side=600).size == (750, 1000)  # 1/2 scale
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    assert load_rgb(tmp_path / "big.png", min_side=256).size == (2000, 1500)  # only JPEG has DCT scaling

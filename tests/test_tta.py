@@ -45,7 +45,8 @@ def test_identity_only_tta_equals_plain_prediction(folder_data, tiny_config, tmp
 def test_each_image_is_decoded_once_and_views_are_cached(tmp_path, images, backbone, monkeypatch):
     decoded = []
     original = graft.features.preparation.load_rgb
-    monkeypatch.setattr(graft.features.preparation, "load_rgb", lambda path: decoded.append(path) or original(path))
+    monkeypatch.setattr(graft.features.preparation, "load_rgb",
+                        lambda path, **options: decoded.append(path) or original(path, **options))
     first = extract(images, backbone, tmp_path / "cache", DEFAULT_TTA)
     assert sorted(decoded) == sorted(images) and first.extracted == 30
     assert extract(images, backbone, tmp_path / "cache", DEFAULT_TTA).extracted == 0

@@ -23,7 +23,7 @@ from graft.config import FeatureConfig, ViewsConfig
 from graft.errors import ImageError
 from graft.features.backbones import Backbone, ConcatBackbone
 from graft.features.cache import FeatureCache
-from graft.features.preparation import ORIGINAL, Preparation
+from graft.features.preparation import ORIGINAL, Preparation, resize_side
 from graft.files import file_digest
 from graft.store import ChunkStore
 from graft.views.decisions import decision_store
@@ -133,7 +133,7 @@ def extract_features(
     start = time.perf_counter()
     settings = settings or FeatureConfig()
     view_config = view_config or ViewsConfig()
-    cache = FeatureCache(settings.cache_dir, backbone)
+    cache = FeatureCache(settings.cache_dir, backbone, settings.decode)
     view_of = dict(zip((Path(p) for p in paths), views or [""] * len(paths), strict=True))
     digests, failures = _digests(list(view_of))
     items = [_Item(p, v, params_key(v, view_config), digests[p]) for p, v in view_of.items() if p in digests]
@@ -144,7 +144,8 @@ def extract_features(
         if needed and item.row_key not in missing:
             missing[item.row_key] = (item, needed)
     stores = {key: decision_store(settings.cache_dir, key) for key in {item.view_key for item in items} if key}
-    preparation = Preparation(backbone.transform(), backbone.data_config, view_config)
+    side = resize_side(backbone.data_config) if settings.decode == "reduced" else None
+    preparation = Preparation(backbone.transform(), backbone.data_config, view_config, side)
     extracted = _extract_missing(list(missing.values()), backbone, cache, stores, preparation, settings, failures,
                                  progress)
     good = [item for item in items if item.path not in failures]

@@ -6,6 +6,7 @@ image prepared differently from the ones it was trained on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,14 @@ from PIL import Image
 from graft.config import ViewsConfig
 from graft.data.images import load_rgb
 from graft.features.tta import tta_views
-from graft.views.preprocess import Decision, apply, decide
+from graft.views.preprocess import Decision, apply, decide, params_key
 
 ORIGINAL = ""  # the name of the untransformed view among test-time view names
+
+
+def resize_side(data_config: dict) -> int:
+    """The shorter side timm's eval transform resizes to (224 px at crop_pct 0.875 -> 256)."""
+    return math.floor(max(data_config["input_size"][1:]) / data_config.get("crop_pct", 1.0))
 
 
 @dataclass
@@ -28,6 +34,7 @@ class Preparation:
     transform: Callable[[Image.Image], torch.Tensor]
     data_config: dict
     views: ViewsConfig
+    decode_side: int | None = None  # decode JPEGs only down to this shorter side (None: every pixel)
 
     def prepare(self, image: Image.Image, view: str, names: Sequence[str] = (ORIGINAL,),
                 decision: Decision | None = None) -> tuple[torch.Tensor, Decision]:
@@ -45,8 +52,11 @@ class Preparation:
 
     def load(self, path: Path, view: str, names: Sequence[str] = (ORIGINAL,),
              decision: Decision | None = None) -> tuple[torch.Tensor, Decision]:
-        """Decode ``path`` (raises :class:`~graft.errors.ImageError` naming the file) and :meth:`prepare` it."""
-        return self.prepare(load_rgb(path), view, names, decision)
+        """Decode ``path`` (raises :class:`~graft.errors.ImageError` naming the file) and :meth:`prepare` it.
+
+        A view that is cropped decodes every pixel: its cached box is in full-resolution coordinates."""
+        side = None if params_key(view, self.views) else self.decode_side
+        return self.prepare(load_rgb(path, min_side=side), view, names, decision)
 
     def batch(self, images: Sequence[Image.Image], views: Sequence[str], names: Sequence[str]) -> torch.Tensor:
         """Decoded images (uploads) -> one ``[n * len(names), C, H, W]`` batch; crops decided here, nothing cached."""
