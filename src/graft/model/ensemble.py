@@ -24,6 +24,21 @@ def weighted_average(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> 
     return sum(w * a for w, a in zip(weights, arrays, strict=True)) / float(sum(weights))
 
 
+def combine(part: Manifest, answers: Sequence[tuple[Manifest, np.ndarray, dict]],
+            weights: Sequence[float], n_classes: int) -> tuple[Manifest, np.ndarray, dict]:
+    """Members' ``image_probabilities`` answers on ``part`` -> the ensemble's: the images every member could read,
+    their probabilities averaged with ``weights``."""
+    failures: dict = {}
+    per_member = []
+    for kept, probabilities, failed in answers:
+        failures |= failed
+        per_member.append(dict(zip((r.path for r in kept), probabilities, strict=True)))
+    kept = part.without(failures)
+    if not kept.records:
+        return kept, np.zeros((0, n_classes)), failures
+    return kept, weighted_average([np.stack([rows[r.path] for r in kept]) for rows in per_member], weights), failures
+
+
 @dataclass
 class Ensemble:
     members: list[Classifier]
@@ -40,17 +55,8 @@ class Ensemble:
 
     def image_probabilities(self, part: Manifest, tta: Sequence[str] | None = None,
                             progress: bool = False) -> tuple[Manifest, np.ndarray, dict]:
-        failures: dict = {}
-        per_member = []
-        for member in self.members:
-            kept, probabilities, failed = member.image_probabilities(part, self._tta(tta), progress)
-            failures |= failed
-            per_member.append(dict(zip((r.path for r in kept), probabilities, strict=True)))
-        kept = part.without(failures)
-        if not kept.records:
-            return kept, np.zeros((0, len(self.labels))), failures
-        stacks = [np.stack([rows[r.path] for r in kept]) for rows in per_member]
-        return kept, weighted_average(stacks, self.weights), failures
+        answers = [member.image_probabilities(part, self._tta(tta), progress) for member in self.members]
+        return combine(part, answers, self.weights, len(self.labels))
 
     def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
                       tta: Sequence[str] | None = None) -> np.ndarray:

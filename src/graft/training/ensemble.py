@@ -12,7 +12,7 @@ import numpy as np
 from graft.data.manifest import ImageRecord, Manifest
 from graft.errors import ConfigError, RunError
 from graft.evaluation.metrics import score_probabilities
-from graft.model.ensemble import Ensemble, weighted_average
+from graft.model.ensemble import Ensemble, combine, weighted_average
 from graft.model.fusion import softmax
 from graft.run import RunFiles, evaluation_part, load_run, read_manifest, read_out_of_fold, write_ensemble, write_results
 
@@ -36,12 +36,11 @@ def make_ensemble(
         ensemble.weights = _fit_weights(stacks, records, ensemble)
     part = evaluation_part(manifest)
     fusion = ensemble.config.predict.fusion
-    rows = []
-    for run, member in zip(runs, members, strict=True):
-        kept, probabilities, _ = member.image_probabilities(part)
-        rows.append((f"{run.name} ({member.backbone.name})",
-                     score_probabilities(probabilities, kept.records, member.labels, fusion)))
-    kept, probabilities, failures = ensemble.image_probabilities(part)
+    answers = [member.image_probabilities(part) for member in members]  # each member's pass, used twice below
+    rows = [(f"{run.name} ({member.backbone.name})", score_probabilities(probabilities, kept.records, member.labels,
+                                                                         fusion))
+            for run, member, (kept, probabilities, _) in zip(runs, members, answers, strict=True)]
+    kept, probabilities, failures = combine(part, answers, ensemble.weights, len(ensemble.labels))
     results = score_probabilities(probabilities, kept.records, ensemble.labels, fusion)
     results |= {"evaluated_on": part.records[0].split, "weights": ensemble.weights, "weights_fitted_on": fitted_on,
                 "images_per_second": ensemble.measure_throughput(kept), "runs": [str(r) for r in runs],
