@@ -6,7 +6,7 @@ import pytest
 from conftest import COLOURS, make_image
 from graft.errors import DataError, RunError
 from graft.evaluation.evaluate import evaluate
-from graft.features import backbones
+from graft.features import engines
 from graft.run import RESULT_KEYS, load_run
 from graft.training.fit import fit
 
@@ -18,13 +18,13 @@ RUN_FILES = ["config.yaml", "labels.json", "backbone.json", "head.safetensors", 
 def forwards(monkeypatch):
     """Count images through the backbone, however they get there."""
     counter = {"images": 0}
-    original = backbones.Backbone.__call__
+    original = engines.FeatureEngine.__call__
 
     def counting(self, images):
         counter["images"] += len(images)
         return original(self, images)
 
-    monkeypatch.setattr(backbones.Backbone, "__call__", counting)
+    monkeypatch.setattr(engines.FeatureEngine, "__call__", counting)
     return counter
 
 

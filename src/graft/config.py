@@ -44,7 +44,12 @@ class BackboneConfig(_Section):
 class FeatureConfig(_Section):
     cache_dir: str | None = Field(None, description="None = $GRAFT_CACHE_DIR or the user's cache directory.")
     batch_size: int = Field(32, ge=1)
-    num_workers: int | None = Field(None, ge=0, description="DataLoader decode workers; None = one per spare core.")
+    num_workers: int | None = Field(
+        None, ge=0, description="Decode threads, preparing the next batch while the backbone runs the current one "
+        "(PIL and onnxruntime release the GIL); 0 = decode in the main thread; None = one per core.")
+    engine: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="The backbone's forward for extraction and prediction: onnx = ONNX Runtime (2x torch on "
+        "this CPU, features within 1e-4 of torch's, so caches are shared); auto = onnx when the backbone exports.")
     chunk_size: int = Field(256, ge=1, description="Images per cache chunk: what a killed run can lose at most.")
     decode: Literal["reduced", "full"] = Field(
         "reduced", description="reduced: JPEGs decoded at the smallest DCT scale that still covers the backbone's resize "

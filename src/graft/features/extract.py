@@ -10,20 +10,22 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from graft.config import FeatureConfig, ViewsConfig
 from graft.errors import ImageError
 from graft.features.backbones import Backbone, ConcatBackbone
 from graft.features.cache import FeatureCache
-from graft.features.preparation import ORIGINAL, Preparation, resize_side
+from graft.features.engines import FeatureEngine, feature_engine
+from graft.features.preparation import ORIGINAL, Preparation, decode_side
 from graft.files import file_digest
 from graft.store import ChunkStore
 from graft.views.decisions import decision_store
@@ -98,12 +100,31 @@ def _collate(batch):
     return list(indices), torch.cat(views), list(errors), torch.from_numpy(np.stack(decisions)), counts
 
 
-def default_workers() -> int:
-    """Decode workers: none on <= 2 cores, where decoding is ~10% of a forward and a worker process only takes a
-    core from torch's threads (bench/extract.py measured 0.74-0.82 of raw with 1 worker, 0.86-0.94 with 0);
-    otherwise one per spare core, up to 4."""
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores - 1)
+def decode_threads() -> int:
+    """One decode thread per core: on 2 cores, 12 MP extraction ran 65 img/s with 1 thread, 86 with 2 (the floor
+    the cores allow: 87; bench/extract.py --phone 48). Threads, not processes: PIL and onnxruntime release the GIL,
+    and a worker process only fights the runtime for the same cores."""
+    return os.cpu_count() or 1
+
+
+def prepared_batches(dataset: Dataset, batch_size: int, threads: int) -> Iterator:
+    """``dataset`` in collated batches, each prepared by a pool of ``threads`` while earlier ones are consumed; at most
+    ``threads + 1`` batches are held, so memory stays flat however many images there are."""
+    def make(start: int):
+        return _collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+    starts = range(0, len(dataset), batch_size)
+    if threads == 0:
+        yield from map(make, starts)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="graft-decode") as pool:
+        pending: deque = deque()
+        for start in starts:
+            pending.append(pool.submit(make, start))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def extract_features(
@@ -144,8 +165,8 @@ def extract_features(
         if needed and item.row_key not in missing:
             missing[item.row_key] = (item, needed)
     stores = {key: decision_store(settings.cache_dir, key) for key in {item.view_key for item in items} if key}
-    side = resize_side(backbone.data_config) if settings.decode == "reduced" else None
-    preparation = Preparation(backbone.transform(), backbone.data_config, view_config, side)
+    preparation = Preparation(backbone.transform(), backbone.data_config, view_config,
+                              decode_side(backbone.data_config, settings.decode))
     extracted = _extract_missing(list(missing.values()), backbone, cache, stores, preparation, settings, failures,
                                  progress)
     good = [item for item in items if item.path not in failures]
@@ -197,14 +218,14 @@ def _extract_missing(todo, backbone: Backbone, cache: FeatureCache, stores: dict
     items, needed = [item for item, _ in todo], [names for _, names in todo]
     known = [stores[i.view_key].get([i.digest])[0] if i.view_key and i.digest in stores[i.view_key] else None
              for i in items]
-    workers = default_workers() if settings.num_workers is None else settings.num_workers
-    loader = DataLoader(_DecodeDataset(items, known, preparation, needed), batch_size=settings.batch_size,
-                        num_workers=workers, collate_fn=_collate)
+    threads = decode_threads() if settings.num_workers is None else settings.num_workers
+    batches = prepared_batches(_DecodeDataset(items, known, preparation, needed), settings.batch_size, threads)
+    engine = feature_engine(backbone, settings.engine, settings.cache_dir)
     pending = _Pending()
     extracted = 0
     with torch.inference_mode():
-        for indices, images, errors, decisions, counts in loader:
-            rows = forward_in_batches(backbone, images, settings.batch_size)
+        for indices, images, errors, decisions, counts in batches:
+            rows = forward_in_batches(engine, images, settings.batch_size)
             offsets = np.cumsum([0, *counts])
             for position, (index, error) in enumerate(zip(indices, errors, strict=True)):
                 if error:
@@ -223,11 +244,12 @@ def _extract_missing(todo, backbone: Backbone, cache: FeatureCache, stores: dict
     return extracted
 
 
-def forward_in_batches(backbone: Backbone, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Features of ``images``; test-time views multiply a batch, so forwards stay at ``batch_size`` (192 views at
-    once ran 2x slower per image on this CPU)."""
-    chunks = [backbone(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, backbone.num_features), np.float32)
+def forward_in_batches(engine: FeatureEngine, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Features of ``images``; test-time views multiply a batch, so forwards stay at ``batch_size``
+    (192 views at once ran 2x slower per image on this CPU)."""
+    if not len(images):  # every image of a batch failed
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate([engine(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 class _Pending:

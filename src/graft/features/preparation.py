@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from graft.config import ViewsConfig
-from graft.data.images import load_rgb
+from graft.data.images import MAX_PIXELS, decode_rgb, load_rgb
 from graft.features.tta import tta_views
 from graft.views.preprocess import Decision, apply, decide, params_key
 
@@ -25,6 +25,11 @@ ORIGINAL = ""  # the name of the untransformed view among test-time view names
 def resize_side(data_config: dict) -> int:
     """The shorter side timm's eval transform resizes to (224 px at crop_pct 0.875 -> 256)."""
     return math.floor(max(data_config["input_size"][1:]) / data_config.get("crop_pct", 1.0))
+
+
+def decode_side(data_config: dict, decode: str) -> int | None:
+    """The shorter side JPEGs are decoded down to: the resize side under ``reduced``, every pixel (None) under ``full``."""
+    return resize_side(data_config) if decode == "reduced" else None
 
 
 @dataclass
@@ -52,11 +57,12 @@ class Preparation:
 
     def load(self, path: Path, view: str, names: Sequence[str] = (ORIGINAL,),
              decision: Decision | None = None) -> tuple[torch.Tensor, Decision]:
-        """Decode ``path`` (raises :class:`~graft.errors.ImageError` naming the file) and :meth:`prepare` it.
+        """Decode ``path`` (raises :class:`~graft.errors.ImageError` naming the file) and :meth:`prepare` it."""
+        return self.prepare(load_rgb(path, min_side=self.side_for(view)), view, names, decision)
 
-        A view that is cropped decodes every pixel: its cached box is in full-resolution coordinates."""
-        side = None if params_key(view, self.views) else self.decode_side
-        return self.prepare(load_rgb(path, min_side=side), view, names, decision)
+    def side_for(self, view: str) -> int | None:
+        """A view that is cropped decodes every pixel: its cached box is in full-resolution coordinates."""
+        return None if params_key(view, self.views) else self.decode_side
 
     def batch(self, images: Sequence[Image.Image], views: Sequence[str], names: Sequence[str]) -> torch.Tensor:
         """Decoded images (uploads) -> one ``[n * len(names), C, H, W]`` batch; crops decided here, nothing cached."""
@@ -65,3 +71,11 @@ class Preparation:
     def empty(self) -> torch.Tensor:
         """No views: what a failed image contributes to a batch."""
         return torch.zeros(0, *self.data_config["input_size"])
+
+
+def decode_upload(data: bytes, name: str, view: str, preparations: Sequence[Preparation],
+                  max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode uploaded bytes the way extraction decodes files, down to the largest side any of ``preparations``
+    needs (several backbones differ in resolution), so serving sees what training saw, as fast."""
+    sides = [preparation.side_for(view) for preparation in preparations]
+    return decode_rgb(data, name, max_pixels, None if None in sides else max(sides))

@@ -21,8 +21,9 @@ from torch import nn
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest
 from graft.features.backbones import Backbone, ConcatBackbone, members_of
+from graft.features.engines import FeatureEngine, feature_engine
 from graft.features.extract import FeatureSet, extract_features, forward_in_batches
-from graft.features.preparation import ORIGINAL, Preparation
+from graft.features.preparation import ORIGINAL, Preparation, decode_side, decode_upload
 from graft.model.fusion import softmax
 from graft.model.head import predict_logits
 from graft.model.identification import Identification, identify
@@ -77,9 +78,11 @@ class Classifier:
         return softmax(predict_logits(self.head, features) / self.temperature)
 
     @cached_property
-    def preparations(self) -> list[tuple[Backbone, Preparation]]:
-        """Each backbone with its own preparation (a concatenation's members differ in resolution)."""
-        return [(member, Preparation(member.transform(), member.data_config, self.config.views))
+    def preparations(self) -> list[tuple[FeatureEngine, Preparation]]:
+        """Each backbone's engine with its own preparation (a concatenation's members differ in resolution)."""
+        settings = self.config.features
+        return [(feature_engine(member, settings.engine, settings.cache_dir),
+                 Preparation(member.transform(), member.data_config, self.config.views, decode_side(member, settings)))
                 for member in members_of(self.backbone)]
 
     def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
@@ -87,9 +90,12 @@ class Classifier:
         names = view_names(self._tta(tta))
         with torch.inference_mode():
             features = np.concatenate([
-                forward_in_batches(member, preparation.batch(images, views, names), self.config.features.batch_size)
-                for member, preparation in self.preparations], axis=1)
+                forward_in_batches(engine, preparation.batch(images, views, names), self.config.features.batch_size)
+                for engine, preparation in self.preparations], axis=1)
         return mean_over_views(predict_logits(self.head, features), len(images), self.temperature)
+
+    def decode(self, data: bytes, name: str, view: str, max_pixels: int) -> Image.Image:
+        return decode_upload(data, name, view, [preparation for _, preparation in self.preparations], max_pixels)
 
     def measure_throughput(self, part: Manifest, tta: Sequence[str] | None = None) -> float:
         """Images/s of the whole uncached path (read, decode, per-view preprocessing, resize, backbone, head)."""

@@ -15,6 +15,7 @@ from PIL import Image
 
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest
+from graft.features.preparation import decode_upload
 from graft.model.classifier import Classifier
 from graft.model.identification import Identification, identify
 
@@ -62,6 +63,10 @@ class Ensemble:
                       tta: Sequence[str] | None = None) -> np.ndarray:
         """Each member prepares the images for its own backbone (e.g. Lite0 at 224 px, Lite2 at 260 px)."""
         return weighted_average([m.probabilities(images, views, self._tta(tta)) for m in self.members], self.weights)
+
+    def decode(self, data: bytes, name: str, view: str, max_pixels: int) -> Image.Image:
+        preparations = [preparation for member in self.members for _, preparation in member.preparations]
+        return decode_upload(data, name, view, preparations, max_pixels)
 
     def measure_throughput(self, part: Manifest, tta: Sequence[str] | None = None) -> float:
         """Every member runs on every image: the ensemble's rate is the harmonic combination of theirs."""

@@ -35,7 +35,10 @@ class Model(Protocol):
 
     def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
                       tta: Sequence[str] | None = None) -> np.ndarray:
-        """Class probabilities of decoded images (uploads: nothing cached)."""
+        """Class probabilities of decoded images (uploads: nothing cached), all in one batched forward."""
+
+    def decode(self, data: bytes, name: str, view: str, max_pixels: int) -> Image.Image:
+        """An upload decoded as extraction decodes files (reduced JPEG decoding); ImageError naming ``name``."""
 
     def measure_throughput(self, part: Manifest, tta: Sequence[str] | None = None) -> float:
         """Images/s of the whole uncached path on ``part``."""

@@ -16,9 +16,9 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
-from graft.data.images import MAX_PIXELS, decode_rgb
+from graft.data.images import MAX_PIXELS
 from graft.errors import ImageError, ImageTooLarge
-from graft.model.identification import identify_images
+from graft.model.identification import Model, identify_images
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,12 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
     ) -> dict:
         model = ready()
         start = time.perf_counter()
-        images = [_decode(upload, limits) for upload in _checked(files, limits)]
-        if views and len(views) != len(images):
-            raise HTTPException(400, f"{len(views)} views for {len(images)} photos; give one per photo or none")
+        if views and len(views) != len(_checked(files, limits)):
+            raise HTTPException(400, f"{len(views)} views for {len(files)} photos; give one per photo or none")
+        views = views or [""] * len(_checked(files, limits))
+        images = [_decode(model, upload, view, limits) for upload, view in zip(files, views, strict=True)]
         names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(files)]
-        answer = identify_images(model, images, names, views or [""] * len(images), top=top_k).to_json()
+        answer = identify_images(model, images, names, views, top=top_k).to_json()
         answer["milliseconds"] = round(1000 * (time.perf_counter() - start), 1)  # decoding included
         return answer
 
@@ -130,7 +131,7 @@ def _checked(files: list[UploadFile], limits: Limits) -> list[UploadFile]:
     return files
 
 
-def _decode(upload: UploadFile, limits: Limits) -> Image.Image:
+def _decode(model: Model, upload: UploadFile, view: str, limits: Limits) -> Image.Image:
     data = upload.file.read(limits.max_bytes + 1)
     name = upload.filename or "upload"
     if len(data) > limits.max_bytes:
@@ -138,7 +139,7 @@ def _decode(upload: UploadFile, limits: Limits) -> Image.Image:
     if not data:
         raise HTTPException(400, f"{name}: empty file")
     try:
-        return decode_rgb(data, name, limits.max_pixels)
+        return model.decode(data, name, view, limits.max_pixels)
     except ImageTooLarge as error:
         raise HTTPException(413, str(error)) from error
     except ImageError as error:

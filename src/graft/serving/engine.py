@@ -23,7 +23,7 @@ from graft.config import GraftConfig
 from graft.data.images import load_rgb
 from graft.data.manifest import Manifest
 from graft.errors import ImageError, RunError
-from graft.features.preparation import Preparation
+from graft.features.preparation import Preparation, decode_side, decode_upload
 from graft.model.classifier import mean_over_views, view_names
 from graft.model.identification import Model
 from graft.run import RunFiles, load_model
@@ -43,7 +43,10 @@ class OnnxModel:
     @cached_property
     def preparation(self) -> Preparation:  # built once, not per request
         return Preparation(timm.data.create_transform(**self.data_config, is_training=False), self.data_config,
-                           self.config.views)
+                           self.config.views, decode_side(self.data_config, self.config.features.decode))
+
+    def decode(self, data: bytes, name: str, view: str, max_pixels: int) -> Image.Image:
+        return decode_upload(data, name, view, [self.preparation], max_pixels)
 
     def _tta(self, tta: Sequence[str] | None) -> tuple[str, ...]:
         return tuple(self.config.predict.tta if tta is None else tta)
@@ -61,7 +64,7 @@ class OnnxModel:
         images, failures = [], {}
         for record in part:
             try:
-                images.append(load_rgb(record.path))
+                images.append(load_rgb(record.path, min_side=self.preparation.side_for(record.view)))
             except ImageError as error:
                 failures[record.path] = str(error)
         kept = part.without(failures)
