@@ -1,5 +1,5 @@
 """Fine-tuning throughput: graft's Lightning step vs a bare timm forward+backward+SGD step on the same images,
-and the speed of bf16 autocast / channels_last against fp32 (side by side, one run).
+and the speed of bf16 autocast / channels_last / torch.compile against fp32 (side by side, one run).
 
 pipeline = decode + one-group augmentation + forward + loss + backward + SGD (Lightning, DataLoader)
 raw      = forward + loss + backward + SGD on the same images already decoded into tensors
@@ -62,10 +62,11 @@ def pipeline(module, records, label_index, preparation, config) -> float:
     return len(records) / clock.seconds[-1]  # the second epoch: no start-up cost
 
 
-def raw(model: nn.Module, batches, labels, precision: str, channels_last: bool) -> float:
+def raw(model: nn.Module, batches, labels, precision: str, channels_last: bool, compiled: bool = False) -> float:
     model = copy.deepcopy(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compiled else model
     model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -76,12 +77,13 @@ def raw(model: nn.Module, batches, labels, precision: str, channels_last: bool) 
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
+            loss = nn.functional.cross_entropy(forward(x).float(), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    step(batches[0], labels[0])  # warm-up
+    step(batches[0], labels[0])  # warm-up (and compilation)
+    step(batches[0], labels[0])
     start = time.perf_counter()
     for x, y in zip(batches, labels, strict=True):
         step(x, y)
@@ -112,18 +114,19 @@ def main() -> None:
     info = ValidationInfo(np.zeros(0, dtype=int), [], [], "mean")
 
     results = {}
-    for precision, channels_last in (("32-true", False), ("32-true", True), ("bf16-mixed", False),
-                                     ("bf16-mixed", True)):
-        results[(precision, channels_last)] = raw(model, batches, labels, precision, channels_last)
+    for precision, channels_last, compiled in (("32-true", False, False), ("32-true", True, False),
+                                               ("bf16-mixed", False, False), ("bf16-mixed", True, False),
+                                               ("32-true", True, True), ("bf16-mixed", True, True)):
+        results[(precision, channels_last, compiled)] = raw(model, batches, labels, precision, channels_last, compiled)
     module = StepOnly(copy.deepcopy(backbone.model), copy.deepcopy(head), config, info)  # graft's defaults
     pipe = pipeline(module, records, label_index, preparation, config)
-    same = results[(config.precision, config.channels_last)]
-    base = results[("32-true", False)]
+    same = results[(config.precision, config.channels_last, False)]
+    base = results[("32-true", False, False)]
     print(f"tf_efficientnet_lite0 at {size[-1]} px, {len(records)} images, batch {args.batch_size}, "
           f"torch threads {torch.get_num_threads()}")
-    for (precision, channels_last), speed in results.items():
-        layout = "channels_last" if channels_last else "contiguous"
-        print(f"raw fwd+bwd+SGD  {precision:10s} {layout:13s} {speed:7.2f} img/s   x{speed / base:.2f} vs fp32")
+    for (precision, channels_last, compiled), speed in results.items():
+        layout = ("channels_last" if channels_last else "contiguous") + (" compiled" if compiled else "")
+        print(f"raw fwd+bwd+SGD  {precision:10s} {layout:22s} {speed:7.2f} img/s   x{speed / base:.2f} vs fp32")
     layout = "channels_last" if config.channels_last else "contiguous"
     print(f"graft fine-tune step (defaults: {config.precision}, {layout}; decode + augmentation + Lightning) "
           f"{pipe:7.2f} img/s")

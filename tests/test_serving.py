@@ -143,3 +143,27 @@ def test_an_oversized_body_is_refused_before_it_is_parsed_or_spooled(run, monkey
     response = client.post("/identify", content=chunks(), headers=headers)
     assert response.status_code == 413 and "at most" in response.json()["detail"]
     assert client.post("/identify", files=[("files", ("ok.png", png(), "image/png"))]).status_code == 200
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_uploads_are_decoded_as_extraction_decodes_files(run, engine, monkeypatch):
+    """Reduced JPEG decoding: a 12 MP upload is decoded at the DCT scale the backbone needs (32 px input -> 1/8)."""
+    from graft.features import preparation
+
+    if engine == "onnx":
+        export_onnx(run)
+    sizes = []
+    original = preparation.decode_rgb
+
+    def recording(*args, **kwargs):
+        image = original(*args, **kwargs)
+        sizes.append(image.size)
+        return image
+
+    monkeypatch.setattr(preparation, "decode_rgb", recording)
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (200, 40, 40)).save(buffer, "JPEG")
+    client = ready_client(create_app(run, engine))
+    answer = client.post("/identify", files=[("files", ("phone.jpg", buffer.getvalue(), "image/jpeg"))])
+    assert answer.status_code == 200 and answer.json()["engine"] == engine
+    assert sizes and all(size == (500, 375) for size in sizes)

@@ -82,7 +82,8 @@ class Classifier:
         """Each backbone's engine with its own preparation (a concatenation's members differ in resolution)."""
         settings = self.config.features
         return [(feature_engine(member, settings.engine, settings.cache_dir),
-                 Preparation(member.transform(), member.data_config, self.config.views, decode_side(member, settings)))
+                 Preparation(member.transform(), member.data_config, self.config.views,
+                             decode_side(member.data_config, settings.decode)))
                 for member in members_of(self.backbone)]
 
     def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
