@@ -26,7 +26,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def server(folder_data, tiny_config, tmp_path):
-    fit(folder_data, tmp_path / "run", tiny_config)
+    (tmp_path / "taxonomy.csv").write_text("label,genus,family\nblue,Caerulea,Testaceae\nred,Rubus,Rosaceae\n")
+    fit(folder_data, tmp_path / "run", tiny_config.updated({"data.taxonomy": str(tmp_path / "taxonomy.csv")}))
     port = free_port()
     instance = uvicorn.Server(uvicorn.Config(create_app(tmp_path / "run", "torch"), host="127.0.0.1", port=port,
                                              log_level="warning"))
@@ -57,7 +58,9 @@ def test_upload_two_photos_identify_and_read_the_ranking(server, folder_data, tm
         page.click("#identify")
         page.wait_for_selector("#ranking li", timeout=30_000)
         labels = page.locator("#ranking .label").all_inner_texts()
+        taxonomy = page.locator("#taxonomy").inner_text()
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert labels[0] == "blue" and set(labels) == {"red", "green", "blue"}
+    assert taxonomy.startswith("genus: Caerulea") and "family: Testaceae" in taxonomy
     assert (tmp_path / "page.png").stat().st_size > 10_000

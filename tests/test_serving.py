@@ -167,3 +167,16 @@ def test_uploads_are_decoded_as_extraction_decodes_files(run, engine, monkeypatc
     answer = client.post("/identify", files=[("files", ("phone.jpg", buffer.getvalue(), "image/jpeg"))])
     assert answer.status_code == 200 and answer.json()["engine"] == engine
     assert sizes and all(size == (500, 375) for size in sizes)
+
+
+def test_micro_batched_serving_answers_as_unbatched(run, folder_data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    export_onnx(run)
+    plain, batched = (load_engine(run, "onnx", window) for window in (0.0, 200.0))
+    images = [Image.open(p).convert("RGB") for p in sorted(folder_data.rglob("*.png"))[:6]]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda image: batched.probabilities([image], [""]), images))
+    for image, probabilities in zip(images, together, strict=True):
+        np.testing.assert_allclose(probabilities, plain.probabilities([image], [""]), atol=1e-5)
+    assert batched.batcher.forwards < len(images)

@@ -28,6 +28,9 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="Validation share of the non-test part (3:1).")
     seed: int = 0
     default_view: str | None = Field(None, description="View for images without one, e.g. LeafScan for a scan set.")
+    taxonomy: str | None = Field(
+        None, description="CSV of label, genus, family, authorship, common_names (;-separated), gbif: completes the "
+        "genus/family the metadata gives; answers then rank genera and families too.")
 
 
 class BackboneConfig(_Section):

@@ -30,6 +30,7 @@ from torch import nn
 
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest, read_csv
+from graft.data.taxonomy import Taxonomy
 from graft.errors import RunError
 from graft.features.backbones import create_backbone
 from graft.files import atomic_write, atomic_write_text
@@ -56,7 +57,7 @@ class RunFiles:
             "ensemble": "ensemble.json", "onnx": "model.onnx", "onnx_metadata": "model.onnx.json",
             "finetune": "finetune", "finetune_history": "finetune-history.csv",
             "finetuned_backbone": "finetuned-backbone.safetensors", "head_only": "head-only.safetensors",
-            "out_of_fold": "out-of-fold.npz",
+            "out_of_fold": "out-of-fold.npz", "taxonomy": "taxonomy.json",
         }.items():
             setattr(self, role, self.root / name)
         self.lock = self.root / ".graft-lock"
@@ -145,6 +146,7 @@ def write_model(files: RunFiles, classifier: Classifier) -> None:
     write_json(files.labels, classifier.labels)
     write_json(files.calibration, {"temperature": classifier.temperature})
     write_json(files.backbone, classifier.backbone.describe())
+    write_json(files.taxonomy, classifier.taxonomy.to_json())
     write_state(files.head, classifier.head)
 
 
@@ -234,7 +236,14 @@ def load_run(run_dir: str | Path) -> Classifier:
     head.load_state_dict(load_file(files.head))
     head.eval()
     temperature = json.loads(files.calibration.read_text())["temperature"] if files.calibration.is_file() else 1.0
-    return Classifier(backbone, head, labels, config, temperature)
+    return Classifier(backbone, head, labels, config, temperature, read_run_taxonomy(files))
+
+
+def read_run_taxonomy(files: RunFiles) -> Taxonomy:
+    """The run's taxonomy; runs written before it existed get what their manifest knows."""
+    if files.taxonomy.is_file():
+        return Taxonomy.from_json(json.loads(files.taxonomy.read_text()))
+    return Taxonomy.from_records(read_csv(files.manifest)) if files.manifest.is_file() else Taxonomy()
 
 
 def read_ensemble_spec(files: RunFiles) -> dict[str, Any]:

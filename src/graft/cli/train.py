@@ -49,6 +49,8 @@ def fit(
     views: Annotated[bool | None, typer.Option("--views/--no-views", help="Per-view preprocessing (crops).")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Evaluate with 5 test-time views.")] = None,
     default_view: Annotated[str | None, typer.Option(help="View of images without one, e.g. LeafScan.")] = None,
+    taxonomy: Annotated[Path | None, typer.Option(
+        help="CSV: label, genus, family, authorship, common_names (;), gbif - answers then rank genera/families.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Extract (or reuse cached) features, choose the head by cross-fitting, train it, evaluate, write a run."""
@@ -61,6 +63,7 @@ def fit(
         head__class_weights=class_weights, predict__fusion=fusion, data__val_fraction=val_fraction,
         data__seed=seed, head__seed=seed, data__format=data_format, data__columns=columns(column) or None,
         views__enabled=views, data__default_view=default_view, predict__tta=tta_names(tta),
+        data__taxonomy=str(taxonomy.resolve()) if taxonomy else None,
     )
     result = fit_run(data, out, settings, progress=not quiet)
     _print_run(result)

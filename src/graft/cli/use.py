@@ -76,6 +76,9 @@ def predict(
     for rank, (label, probability) in enumerate(answer.ranking, start=1):
         table.add_row(str(rank), label, f"{probability:.3f}")
     console.print(table)
+    for level, ranking in (("genus", answer.genus), ("family", answer.family)):
+        if ranking:
+            console.print(f"{level}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranking[:3]), highlight=False)
 
 
 @app.command()
@@ -114,14 +117,40 @@ def serve(
     engine: Annotated[str, typer.Option(help="auto (onnx if exported), onnx or torch.")] = "auto",
     max_files: Annotated[int, typer.Option(help="Photos per request.")] = 12,
     max_mb: Annotated[float, typer.Option(help="Megabytes per photo.")] = 15.0,
+    api_keys: Annotated[Path | None, typer.Option(
+        help="File of 'KEY QUOTA' lines (identifications per UTC day); without it the server is open.")] = None,
+    cors_origin: Annotated[list[str], typer.Option(
+        help="Origin a browser app may call from (repeatable; '*' for any).")] = [],  # noqa: B006
+    project: Annotated[list[str], typer.Option(
+        help="More models as NAME=RUN for /v2/identify/NAME (repeatable); RUN itself is project 'all'.")] = [],  # noqa: B006
+    batch_window_ms: Annotated[float, typer.Option(
+        help="Micro-batching: concurrent requests share one forward, waiting up to this long (ONNX engine; 0 = off).")]
+    = 0.0,
 ) -> None:
-    """Web page at /, POST /identify, GET /health and /labels, OpenAPI docs at /docs."""
+    """Web page at /, POST /identify, Pl@ntNet-compatible POST /v2/identify/{project}, GET /health and /labels, OpenAPI
+    docs at /docs."""
     import uvicorn
 
     from graft.serving.app import Limits, create_app
+    from graft.serving.keys import KeyRing
 
     limits = Limits(max_files=max_files, max_bytes=int(max_mb * 1024 * 1024))
-    console.print(f"serving {run} on http://{host}:{port}/ (engine {engine})")
-    uvicorn.run(create_app(run, engine, limits), host=host, port=port, log_level="warning")
+    keys = KeyRing.read(api_keys) if api_keys else None
+    projects = dict(named_run(item) for item in project)
+    console.print(f"serving {run} on http://{host}:{port}/ (engine {engine}; Pl@ntNet clients: base URL "
+                  f"http://{host}:{port}/v2/identify, projects {', '.join(['all', *projects])}; "
+                  f"{'API keys required' if keys else 'open: no API keys'})")
+    app = create_app(run, engine, limits, keys=keys, cors_origins=cors_origin, projects=projects,
+                     batch_window_ms=batch_window_ms)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def named_run(item: str) -> tuple[str, Path]:
+    name, separator, path = item.partition("=")
+    if not separator or not name or not path:
+        raise GraftError(f"--project {item!r}: give NAME=RUN, e.g. --project weurope=runs/weurope")
+    if not Path(path).is_dir():
+        raise GraftError(f"--project {item!r}: {path} is not a run directory; fit it first or fix the path")
+    return name, Path(path)
 
 

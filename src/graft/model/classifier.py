@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest
+from graft.data.taxonomy import Taxonomy
 from graft.features.backbones import Backbone, ConcatBackbone, members_of
 from graft.features.engines import FeatureEngine, feature_engine
 from graft.features.extract import FeatureSet, extract_features, forward_in_batches
@@ -48,6 +49,7 @@ class Classifier:
     labels: list[str]
     config: GraftConfig
     temperature: float = 1.0  # fitted on held-out logits; 1.0 = uncalibrated
+    taxonomy: Taxonomy = field(default_factory=Taxonomy)
     engine = "torch"
 
     def _tta(self, tta: Sequence[str] | None) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest
+from graft.data.taxonomy import Taxonomy
 from graft.features.preparation import decode_upload
 from graft.model.classifier import Classifier
 from graft.model.identification import Identification, identify
@@ -50,6 +51,10 @@ class Ensemble:
     @property
     def labels(self) -> list[str]:
         return self.members[0].labels
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return self.members[0].taxonomy
 
     def _tta(self, tta: Sequence[str] | None) -> tuple[str, ...]:
         return tuple(self.config.predict.tta if tta is None else tta)

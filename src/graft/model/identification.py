@@ -18,6 +18,7 @@ from PIL import Image
 
 from graft.config import GraftConfig
 from graft.data.manifest import ImageRecord, Manifest
+from graft.data.taxonomy import Taxonomy
 from graft.model.fusion import fuse, ranked
 
 PER_IMAGE_TOP = 3
@@ -28,6 +29,7 @@ class Model(Protocol):
     labels: list[str]
     config: GraftConfig  # read for defaults (fusion, top-k, test-time views, reject threshold), never written
     engine: str  # "torch" or "onnx"
+    taxonomy: Taxonomy  # genus, family... per label: answers rank genera and families too
 
     def image_probabilities(self, part: Manifest, tta: Sequence[str] | None = None,
                             progress: bool = False) -> tuple[Manifest, np.ndarray, dict]:
@@ -60,7 +62,8 @@ class ImageAnswer:
 
 @dataclass
 class Identification:
-    """One observation's answer: the fused ranking, each image's own top-3, skipped files, 'unknown'."""
+    """One observation's answer: the fused ranking, each image's own top-3, skipped files, 'unknown', and the genera
+    and families ranked by their species' summed probability (empty when the taxonomy knows none)."""
 
     ranking: list[Ranked]
     per_image: list[ImageAnswer]
@@ -69,6 +72,8 @@ class Identification:
     unknown: bool = False  # the fused top probability is below the reject threshold
     engine: str = ""
     milliseconds: float | None = None
+    genus: list[Ranked] = field(default_factory=list)
+    family: list[Ranked] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         def listed(ranking: list[Ranked]) -> list[dict[str, Any]]:
@@ -76,7 +81,8 @@ class Identification:
 
         return {"ranking": listed(self.ranking), "unknown": self.unknown, "fusion": self.fusion,
                 "per_image": [{"image": a.image, "view": a.view, "ranking": listed(a.ranking)} for a in self.per_image],
-                "failures": dict(self.failures), "engine": self.engine, "milliseconds": self.milliseconds}
+                "failures": dict(self.failures), "engine": self.engine, "milliseconds": self.milliseconds,
+                "genus": listed(self.genus), "family": listed(self.family)}
 
 
 def identify(model: Model, paths: Sequence[str | Path], views: Sequence[str] | None = None, *,
@@ -109,11 +115,14 @@ def _answer(model: Model, probabilities: np.ndarray, names: list[str], views: li
     if not names:
         return Identification([], [], fusion, failures, engine=model.engine)
     fused = fuse(probabilities, fusion)
+    top = top or settings.top_k
     per_image = [ImageAnswer(name, view, _ranked(row, model.labels, PER_IMAGE_TOP))
                  for name, view, row in zip(names, views, probabilities, strict=True)]
-    return Identification(_ranked(fused, model.labels, top or settings.top_k), per_image, fusion, failures,
+    genus, family = ([Ranked(name, p) for name, p in model.taxonomy.rank(fused, model.labels, level)[:top]]
+                     for level in ("genus", "family"))
+    return Identification(_ranked(fused, model.labels, top), per_image, fusion, failures,
                           threshold is not None and float(fused.max()) < threshold, model.engine,
-                          round(1000 * (time.perf_counter() - start), 1))
+                          round(1000 * (time.perf_counter() - start), 1), genus, family)
 
 
 def _ranked(scores: np.ndarray, labels: Sequence[str], top: int) -> list[Ranked]:

@@ -8,19 +8,27 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image
 
 from graft.data.images import MAX_PIXELS
 from graft.errors import ImageError, ImageTooLarge
 from graft.model.identification import Model, identify_images
+from graft.run import read_manifest
+from graft.serving.keys import KeyRefused, KeyRing, rate_limit_headers, redact_keys_in_access_logs
+from graft.serving.plantnet import PREFIX as PLANTNET_PREFIX
+from graft.serving.plantnet import plantnet_error, plantnet_router
+from graft.serving.related import RelatedImages
 
 
 @dataclass(frozen=True)
@@ -68,16 +76,23 @@ class BodyLimit:
         await JSONResponse({"detail": self._reason(size)}, status_code=413)(scope, receive, send)
 
 
-def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limits()) -> FastAPI:
+def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limits(), *, keys: KeyRing | None = None,
+               cors_origins: Sequence[str] = (), projects: dict[str, str | Path] | None = None,
+               batch_window_ms: float = 0.0) -> FastAPI:
+    """The app serving ``run_dir`` (project ``all`` of the Pl@ntNet-compatible API) and any further ``projects``
+    (name -> run). ``keys``: API keys with daily quotas (None: open). ``cors_origins``: origins a browser app may call
+    from ("*" for any). ``batch_window_ms``: micro-batching of concurrent requests (ONNX engine; 0 = off)."""
     from graft.serving.engine import load_engine
 
-    state: dict = {"engine": None, "error": None}
+    runs = {"all": Path(run_dir)} | {name: Path(path) for name, path in (projects or {}).items()}
+    state: dict = {"engines": {}, "errors": {}}
 
     def load() -> None:
-        try:
-            state["engine"] = load_engine(run_dir, engine)
-        except Exception as error:  # reported by /health rather than killing the server
-            state["error"] = str(error)
+        for name, run in runs.items():
+            try:
+                state["engines"][name] = load_engine(run, engine, batch_window_ms)
+            except Exception as error:  # reported by /health rather than killing the server
+                state["errors"][name] = str(error)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -87,16 +102,57 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
     decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="graft-upload")
     app = FastAPI(title="graft", description="Identify a subject from several photos of it.", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["RateLimit", "RateLimit-Policy"])
+    app.add_exception_handler(HTTPException, _error_in_the_callers_shape)
+    redact_keys_in_access_logs()
 
-    def ready():
-        if state["engine"] is None:
-            raise HTTPException(503, state["error"] or "the model is still loading; retry in a moment")
-        return state["engine"]
+    def ready(project: str = "all") -> Model:
+        if project not in runs:
+            raise HTTPException(404, f'unknown project "{project}"; this server has: {", ".join(runs)}')
+        if project not in state["engines"]:
+            message = state["errors"].get(project) or "the model is still loading; retry in a moment"
+            raise HTTPException(503, message)
+        return state["engines"][project]
+
+    def spend(api_key: str | None, response: Response) -> int | None:
+        if keys is None:
+            return None
+        try:
+            remaining = keys.spend(api_key)
+        except KeyRefused as refused:
+            raise HTTPException(refused.status, refused.message, refused.headers) from None
+        response.headers.update(rate_limit_headers(keys.quota_of(api_key), remaining))
+        return remaining
+
+    def decode_all(model: Model, uploads: list[UploadFile], views: list[str]) -> list[Image.Image]:
+        # the photos decode in parallel (PIL releases the GIL): 3 phone photos, 54 -> ~30 ms on 2 cores
+        return list(decoders.map(lambda upload, view: _decode(model, upload, view, limits), uploads, views))
+
+    related: dict[str, RelatedImages] = {}
+
+    def related_images(project: str) -> RelatedImages:
+        if project not in related:  # read on first use: most requests never ask for related images
+            related[project] = RelatedImages(read_manifest(runs[project]), ready(project).config.features.cache_dir)
+        return related[project]
+
+    def related_entries(project: str, label: str, n: int, base_url: str) -> list[dict]:
+        return related_images(project).entries(project, label, n, base_url)
+
+    app.include_router(plantnet_router(ready, spend, decode_all, related_entries))
+
+    @app.get("/v2/images/{project}/{row}/{size}", include_in_schema=False)
+    def related_image(project: str, row: int, size: str) -> FileResponse:
+        path = related_images(project).file(row, size)
+        if path is None:
+            raise HTTPException(404, "no such image")
+        return FileResponse(path, media_type="image/jpeg" if size != "o" else None)
 
     @app.get("/health")
     def health() -> dict:
         model = ready()
-        return {"status": "ok", "engine": model.engine, "labels": len(model.labels)}
+        return {"status": "ok", "engine": model.engine, "labels": len(model.labels), "projects": list(runs)}
 
     @app.get("/labels")
     def labels() -> list[str]:
@@ -104,17 +160,19 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
 
     @app.post("/identify")
     def identify(
+        response: Response,
         files: list[UploadFile] = File(default=[], description="1-N photos of one observation"),
         views: list[str] = Form(default=[], description="View per photo, in order (Flower, Leaf...)"),
         top_k: int = Query(5, ge=1, le=100),
+        api_key: str | None = Query(None, alias="api-key", description="Needed when the server has API keys"),
     ) -> dict:
         model = ready()
         start = time.perf_counter()
         if views and len(views) != len(_checked(files, limits)):
             raise HTTPException(400, f"{len(views)} views for {len(files)} photos; give one per photo or none")
         views = views or [""] * len(_checked(files, limits))
-        # the photos decode in parallel (PIL releases the GIL): 3 phone photos, 54 -> ~30 ms on 2 cores
-        images = list(decoders.map(lambda upload, view: _decode(model, upload, view, limits), files, views))
+        spend(api_key, response)
+        images = decode_all(model, files, views)
         names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(files)]
         answer = identify_images(model, images, names, views, top=top_k).to_json()
         answer["milliseconds"] = round(1000 * (time.perf_counter() - start), 1)  # decoding included
@@ -125,6 +183,13 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
         return resources.files("graft.serving").joinpath("static/index.html").read_text()
 
     return app
+
+
+async def _error_in_the_callers_shape(request: Request, error: HTTPException) -> JSONResponse:
+    """graft's own routes answer ``{"detail"}`` (FastAPI's shape); the Pl@ntNet-compatible ones answer theirs."""
+    if request.url.path.startswith(PLANTNET_PREFIX):
+        return JSONResponse(plantnet_error(error.status_code, str(error.detail)), error.status_code, error.headers)
+    return await http_exception_handler(request, error)
 
 
 def _checked(files: list[UploadFile], limits: Limits) -> list[UploadFile]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,13 @@ from PIL import Image
 from graft.config import GraftConfig
 from graft.data.images import load_rgb
 from graft.data.manifest import Manifest
+from graft.data.taxonomy import Taxonomy
 from graft.errors import ImageError, RunError
 from graft.features.preparation import Preparation, decode_side, decode_upload
 from graft.model.classifier import mean_over_views, view_names
 from graft.model.identification import Model
-from graft.run import RunFiles, load_model
+from graft.run import RunFiles, load_model, read_run_taxonomy
+from graft.serving.batching import MicroBatcher
 
 ENGINES = ("auto", "onnx", "torch")
 
@@ -38,6 +40,8 @@ class OnnxModel:
     data_config: dict
     session: Any  # onnxruntime.InferenceSession
     temperature: float = 1.0
+    taxonomy: Taxonomy = field(default_factory=Taxonomy)
+    batcher: MicroBatcher | None = None  # serving: concurrent requests share forwards
     engine = "onnx"
 
     @cached_property
@@ -54,10 +58,14 @@ class OnnxModel:
     def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
                       tta: Sequence[str] | None = None) -> np.ndarray:
         batch = self.preparation.batch(images, views, view_names(self._tta(tta))).numpy()
+        if self.batcher is not None:
+            return mean_over_views(self.batcher.run(batch), len(images), self.temperature)
         size = self.config.features.batch_size
-        logits = np.concatenate([self.session.run(None, {"images": batch[i : i + size]})[0]
-                                 for i in range(0, len(batch), size)])
+        logits = np.concatenate([self.forward(batch[i : i + size]) for i in range(0, len(batch), size)])
         return mean_over_views(logits, len(images), self.temperature)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"images": batch})[0]
 
     def image_probabilities(self, part: Manifest, tta: Sequence[str] | None = None,
                             progress: bool = False) -> tuple[Manifest, np.ndarray, dict]:
@@ -79,8 +87,11 @@ class OnnxModel:
         return round(len(sample) / (time.perf_counter() - start), 2) if len(sample) else float("nan")
 
 
-def load_engine(run_dir: str | Path, engine: str = "auto") -> Model:
-    """``onnx`` (needs an export), ``torch`` (the run or ensemble itself), or ``auto``: onnx when exported."""
+def load_engine(run_dir: str | Path, engine: str = "auto", batch_window_ms: float = 0.0) -> Model:
+    """``onnx`` (needs an export), ``torch`` (the run or ensemble itself), or ``auto``: onnx when exported.
+
+    ``batch_window_ms`` > 0: the ONNX engine batches concurrent callers' images into shared forwards, waiting this
+    long for company (see :mod:`graft.serving.batching`)."""
     files = RunFiles(run_dir)
     if engine not in ENGINES:
         raise RunError(f"unknown engine {engine!r}; use auto, onnx or torch")
@@ -88,7 +99,10 @@ def load_engine(run_dir: str | Path, engine: str = "auto") -> Model:
     if engine == "onnx" and not exported:
         raise RunError(f"{files.onnx} not found; run `graft export {files.root} --format onnx` first")
     if engine == "onnx" or (engine == "auto" and exported):
-        return _onnx_model(files)
+        model = _onnx_model(files)
+        if batch_window_ms > 0:
+            model.batcher = MicroBatcher(model.forward, batch_window_ms / 1000, model.config.features.batch_size)
+        return model
     return load_model(files.root)
 
 
@@ -99,4 +113,4 @@ def _onnx_model(files: RunFiles) -> OnnxModel:
     session = onnxruntime.InferenceSession(str(files.onnx), providers=["CPUExecutionProvider"])
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata["data_config"].items()}
     return OnnxModel(metadata["labels"], GraftConfig.from_yaml(files.config), data_config, session,
-                     metadata["temperature"])
+                     metadata["temperature"], read_run_taxonomy(files))

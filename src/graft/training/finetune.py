@@ -192,7 +192,8 @@ class _TrainedModel:
             model = model.to(memory_format=torch.channels_last)
         original = self.start.backbone
         tuned = Backbone(original.name, model, original.pooling, weights_identity(model), original.data_config, layout)
-        return Classifier(tuned, self.module.head.eval(), self.start.labels, self.config)
+        return Classifier(tuned, self.module.head.eval(), self.start.labels, self.config,
+                          taxonomy=self.start.taxonomy)
 
 
 def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, history: list[dict[str, str]],

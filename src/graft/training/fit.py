@@ -21,6 +21,7 @@ from torch import nn
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest, load_manifest
 from graft.data.splits import assign_splits, check_trainable
+from graft.data.taxonomy import taxonomy_of
 from graft.evaluation.evaluate import ms_per_observation, score
 from graft.evaluation.metrics import fusion_rule_rows, label_indices, score_probabilities
 from graft.features.backbones import create_backbone
@@ -92,7 +93,7 @@ def fit(
 def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig,
               progress: bool) -> tuple[dict[str, Any], list[str], list[str]]:
     """Extraction, head, calibration, scoring and writing, while ``fit`` holds the run directory."""
-    classifier = Classifier(backbone, nn.Identity(), [], config)
+    classifier = Classifier(backbone, nn.Identity(), [], config, taxonomy=taxonomy_of(manifest, config.data.taxonomy))
     feature_set = classifier.manifest_features(manifest, progress)
     manifest = manifest.without(feature_set.failures)
     warnings_after = check_trainable(manifest)  # stops here if skipped images leave too little

@@ -1,0 +1,70 @@
+"""Related images: a species' training photos from the run's manifest, as Pl@ntNet's ``results[].images`` entries
+(organ, author, license, date, ``url.o`` / ``url.m`` / ``url.s``), served by ``GET /v2/images/{project}/{n}/{size}``.
+
+``n`` indexes the run's manifest, so only the run's own photos can ever be served (no path comes from a request).
+Thumbnails are made once and kept under ``<cache root>/thumbnails/`` by image content (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from graft.data.images import load_rgb
+from graft.data.manifest import Manifest
+from graft.files import atomic_write, file_digest
+from graft.store import cache_root
+
+SIZES = {"m": 1024, "s": 256}  # longest side; "o" is the original file
+VIEW_ORGANS = {"leaf": "leaf", "leafscan": "leaf", "flower": "flower", "fruit": "fruit", "stem": "bark",
+               "entire": "habit", "branch": "habit"}
+
+
+@dataclass
+class RelatedImages:
+    manifest: Manifest
+    cache_dir: str | None = None
+
+    @cached_property
+    def by_label(self) -> dict[str, list[int]]:
+        """Training photos first (what the model learnt from), then the rest, by manifest row."""
+        rows: dict[str, list[int]] = {}
+        order = sorted(range(len(self.manifest.records)), key=lambda i: self.manifest.records[i].split != "train")
+        for i in order:
+            rows.setdefault(self.manifest.records[i].label, []).append(i)
+        return rows
+
+    def entries(self, project: str, label: str, n: int, base_url: str) -> list[dict]:
+        base = base_url.rstrip("/")
+        result = []
+        for row in self.by_label.get(label, [])[:n]:
+            record = self.manifest.records[row]
+            result.append({
+                "organ": VIEW_ORGANS.get(record.view.strip().lower(), ""), "author": record.user, "license": "",
+                "date": {"timestamp": None, "string": ""}, "citation": record.user,
+                "url": {size: f"{base}/v2/images/{project}/{row}/{size}" for size in ("o", "m", "s")},
+            })
+        return result
+
+    def file(self, row: int, size: str) -> Path | None:
+        """The file to send for manifest row ``row`` at ``size`` (o, m, s); None when there is no such row/size or
+        the photo can no longer be read."""
+        if size not in ("o", *SIZES) or not 0 <= row < len(self.manifest.records):
+            return None
+        path = self.manifest.records[row].path
+        if size == "o":
+            return path if path.is_file() else None
+        try:
+            thumbnail = cache_root(self.cache_dir) / "thumbnails" / f"{file_digest(path)}-{size}.jpg"
+            if not thumbnail.is_file():
+                image = load_rgb(path, min_side=SIZES[size])
+                image.thumbnail((SIZES[size], SIZES[size]))
+                buffer = io.BytesIO()
+                image.save(buffer, "JPEG", quality=85)
+                thumbnail.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(thumbnail, lambda handle: handle.write(buffer.getvalue()))
+            return thumbnail
+        except Exception:  # an unreadable photo is a 404, never a crash
+            return None
