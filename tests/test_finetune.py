@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -224,3 +225,37 @@ def test_a_tampered_checkpoint_is_refused_and_never_runs_code(run, tmp_path):
     with pytest.raises(Exception, match=r"(?i)weights.only|unpickl"):
         finetune(run, settings, resume=True, progress=False)
     assert not marker.exists()
+
+
+def _module(compile: bool):
+    from graft.config import FineTuneConfig, HeadConfig
+    from graft.features.backbones import create_backbone
+    from graft.model.head import build_head
+    from graft.training.finetune_module import FineTuneModule, ValidationInfo
+
+    backbone = create_backbone("test_efficientnet", pretrained=False, image_size=32)
+    head = build_head(backbone.num_features, 3, HeadConfig(width=16, dropout=0.0))  # deterministic in training mode
+    return FineTuneModule(backbone.model, head, FineTuneConfig(compile=compile), ValidationInfo(np.zeros(0, int), [], [],
+                                                                                               "mean"))
+
+
+def test_the_compiled_training_forward_computes_what_eager_does():
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    module = _module(True)
+    torch.testing.assert_close(module.training_forward(images), module(images), atol=1e-4, rtol=1e-4)
+    assert module._compiled not in (None, False)  # it really ran compiled
+
+
+def test_a_failing_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken(function):
+        def run(images):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    module, images = _module(True), torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+        first = module.training_forward(images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(module.training_forward(images), first)

@@ -10,6 +10,7 @@ so the padding a DistributedSampler adds is never counted twice.
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 
 import lightning as L
@@ -85,6 +86,7 @@ class FineTuneModule(L.LightningModule):
         self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if config.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
+        self._compiled = None  # the compiled training forward, made at the first step (after any process spawn)
         self.train()  # Lightning keeps the modes it finds; these modules come from an eval-mode run
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.config.channels_last:
@@ -100,9 +102,24 @@ class FineTuneModule(L.LightningModule):
         self.head[0].eval()  # the standardisation layer is fixed
         return self
 
+    def training_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The training step's forward: compiled when ``config.compile`` (the same fp32 computation, fused), eager
+        if compiling fails here (no C++ compiler, an unsupported layer) - with a warning, once."""
+        if not self.config.compile or self._compiled is False:
+            return self(images)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.forward)
+        try:
+            return self._compiled(images)
+        except Exception as error:  # inductor raises many types; the run goes on in eager mode
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); fine-tuning goes on "
+                          "without it (set finetune.compile: false to skip the attempt)", stacklevel=2)
+            self._compiled = False
+            return self(images)
+
     def training_step(self, batch, batch_idx):
         images, labels, _ = batch
-        logits = self(images)
+        logits = self.training_forward(images)
         loss = self.loss(logits.float(), labels)
         known = labels != IGNORE
         accuracy = (logits.argmax(1)[known] == labels[known]).float().mean() if known.any() else torch.tensor(0.0)
