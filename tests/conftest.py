@@ -57,5 +57,4 @@ def tiny_config(tmp_path: Path) -> GraftConfig:
         "backbone": {"name": "test_efficientnet", "pretrained": False, "image_size": 32},
         "features": {"cache_dir": str(tmp_path / "cache"), "batch_size": 8, "num_workers": 0, "chunk_size": 8},
         "head": {"epochs": 6, "min_epochs": 2, "patience": 3, "width": 32},
-        "finetune": {"compile": False},  # compiling costs ~20 s per run; tests/test_finetune.py checks it once
     })

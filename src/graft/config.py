@@ -158,8 +158,8 @@ class FineTuneConfig(_Section):
     precision: Literal["32-true", "bf16-mixed"] = "32-true"
     channels_last: bool = Field(True, description="NHWC: 1.58x fp32 training speed here; bf16 gave 1.17x.")
     compile: bool = Field(
-        True, description="torch.compile the training step: 1.44x the eager fp32 NHWC step on this CPU "
-        "(bench/finetune.py; bf16 on top was slower), after ~1.5 min of compiling; falls back to eager if it fails.")
+        False, description="torch.compile the training step (eager if compiling fails). Off: 1.03-1.44x (median "
+        "1.04x) the eager fp32 NHWC step in 3 runs of bench/finetune.py here, for ~1.5 min of compiling.")
     num_workers: int | None = Field(None, ge=0)
     min_vote: float | None = Field(None, description="Drop training images whose vote is below this.")
     devices: int = Field(1, ge=1)
