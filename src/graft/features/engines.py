@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -91,7 +90,7 @@ def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None):
             if not path.is_file():
                 export_backbone(backbone, path)
             options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = os.cpu_count() or 1
+            options.intra_op_num_threads = torch.get_num_threads()  # a Ray actor's share of the cores, or all
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             _sessions[path.name] = session
         return session

@@ -1,0 +1,113 @@
+"""``graft cache info | prune | verify``: what a (shared) cache holds, dropping old chunks, finding corrupt ones.
+
+A cache root holds one chunk store per extractor (``<key>/extractor.json`` names the backbone), per-view decision
+stores, exported graphs and thumbnails. A chunk is a ``.npy`` of float32 rows plus the ``.keys`` file that makes it
+visible; prune removes the ``.keys`` first, so a reader never sees half a chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graft.store import cache_root
+
+DAY = 86_400
+
+
+@dataclass
+class StoreInfo:
+    directory: Path
+    name: str  # the backbone for a feature store, "view decisions" for a decision store
+    rows: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    newest: float = 0.0  # mtime of the newest chunk
+
+
+@dataclass
+class CacheReport:
+    root: Path
+    stores: list[StoreInfo] = field(default_factory=list)
+    other_bytes: dict[str, int] = field(default_factory=dict)  # graphs, thumbnails
+
+
+def cache_info(cache_dir: str | Path | None = None) -> CacheReport:
+    root = cache_root(cache_dir)
+    report = CacheReport(root)
+    stores = sorted({keys.parent for keys in root.rglob("*.keys")})
+    for directory in sorted(p for p in root.glob("*") if p.is_dir()):
+        if not any(store.is_relative_to(directory) for store in stores):
+            report.other_bytes[directory.name] = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    for directory in stores:
+        chunks = sorted(directory.glob("*.keys"))
+        info = StoreInfo(directory, _store_name(directory), chunks=len(chunks))
+        for keys in chunks:
+            array = keys.with_suffix(".npy")
+            info.rows += len(keys.read_text().split())
+            info.bytes += keys.stat().st_size + (array.stat().st_size if array.exists() else 0)
+            info.newest = max(info.newest, keys.stat().st_mtime)
+        report.stores.append(info)
+    return report
+
+
+def prune(cache_dir: str | Path | None, older_than_days: float) -> tuple[int, int]:
+    """Remove chunks last written more than ``older_than_days`` ago, and leftover temp files of killed writers;
+    (chunks removed, bytes freed). Images whose rows go are simply extracted again when next needed."""
+    cutoff = time.time() - older_than_days * DAY
+    removed = freed = 0
+    for keys in cache_root(cache_dir).rglob("*.keys"):
+        if keys.stat().st_mtime < cutoff:
+            array = keys.with_suffix(".npy")
+            freed += keys.stat().st_size + (array.stat().st_size if array.exists() else 0)
+            keys.unlink()  # invisible first
+            array.unlink(missing_ok=True)
+            removed += 1
+    for temporary in cache_root(cache_dir).rglob(".*.tmp"):
+        if temporary.stat().st_mtime < time.time() - DAY:
+            freed += temporary.stat().st_size
+            temporary.unlink(missing_ok=True)
+    return removed, freed
+
+
+def verify(cache_dir: str | Path | None = None, remove: bool = False) -> list[str]:
+    """Re-read every chunk in full; one line per corrupt chunk (and removes it when ``remove``)."""
+    problems = []
+    for keys in sorted(cache_root(cache_dir).rglob("*.keys")):
+        why = _chunk_problem(keys)
+        if why:
+            problems.append(f"{keys.with_suffix('.npy')}: {why}" + ("; removed" if remove else ""))
+            if remove:
+                keys.unlink()
+                keys.with_suffix(".npy").unlink(missing_ok=True)
+    return problems
+
+
+def _chunk_problem(keys: Path) -> str:
+    array_file = keys.with_suffix(".npy")
+    try:
+        names = keys.read_text().split()
+        rows = np.load(array_file, allow_pickle=False)  # in full: every byte is read
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return f"unreadable ({error})"
+    if rows.dtype != np.float32 or rows.ndim != 2:
+        return f"holds {rows.dtype} of shape {rows.shape}, not float32 rows"
+    if len(rows) != len(names):
+        return f"{len(rows)} rows for {len(names)} keys"
+    if not np.isfinite(rows).all():
+        return "holds NaN or infinite values"
+    return ""
+
+
+def _store_name(directory: Path) -> str:
+    described = directory / "extractor.json"
+    if described.is_file():
+        try:
+            return str(json.loads(described.read_text()).get("name", directory.name))
+        except (OSError, ValueError):
+            return directory.name
+    return "view decisions"
