@@ -175,3 +175,14 @@ def test_cors_lets_a_browser_app_on_another_origin_call(run):
     closed = ready_client(create_app(run)).options("/v2/identify/all", headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in closed.headers
+
+
+def test_a_failed_request_costs_no_quota(run, tmp_path):
+    (tmp_path / "keys.txt").write_text("k1 1\n")
+    client = ready_client(create_app(run, keys=KeyRing.read(tmp_path / "keys.txt")))
+    junk = [("images", ("junk.jpg", b"not an image", "image/jpeg"))]
+    assert client.post("/v2/identify/all", params={"api-key": "k1"}, files=junk).status_code == 415
+    bad_organ = client.post("/v2/identify/all", params={"api-key": "k1"}, files=photos(1), data={"organs": "root"})
+    assert bad_organ.status_code == 400
+    answer = client.post("/v2/identify/all", params={"api-key": "k1"}, files=photos(1))
+    assert answer.status_code == 200 and answer.json()["remainingIdentificationRequests"] == 0

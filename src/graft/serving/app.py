@@ -116,7 +116,16 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
             raise HTTPException(503, message)
         return state["engines"][project]
 
+    def authorize(api_key: str | None) -> None:
+        """401 before any work is done for a request without a known key."""
+        if keys is not None:
+            try:
+                keys.check(api_key)
+            except KeyRefused as refused:
+                raise HTTPException(refused.status, refused.message, refused.headers) from None
+
     def spend(api_key: str | None, response: Response) -> int | None:
+        """Count an identification (after the request proved valid): 429 over the quota; the remaining count."""
         if keys is None:
             return None
         try:
@@ -140,7 +149,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
     def related_entries(project: str, label: str, n: int, base_url: str) -> list[dict]:
         return related_images(project).entries(project, label, n, base_url)
 
-    app.include_router(plantnet_router(ready, spend, decode_all, related_entries))
+    app.include_router(plantnet_router(ready, authorize, spend, decode_all, related_entries))
 
     @app.get("/v2/images/{project}/{row}/{size}", include_in_schema=False)
     def related_image(project: str, row: int, size: str) -> FileResponse:
@@ -168,11 +177,13 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
     ) -> dict:
         model = ready()
         start = time.perf_counter()
-        if views and len(views) != len(_checked(files, limits)):
+        authorize(api_key)
+        files = _checked(files, limits)
+        if views and len(views) != len(files):
             raise HTTPException(400, f"{len(views)} views for {len(files)} photos; give one per photo or none")
-        views = views or [""] * len(_checked(files, limits))
-        spend(api_key, response)
+        views = views or [""] * len(files)
         images = decode_all(model, files, views)
+        spend(api_key, response)
         names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(files)]
         answer = identify_images(model, images, names, views, top=top_k).to_json()
         answer["milliseconds"] = round(1000 * (time.perf_counter() - start), 1)  # decoding included

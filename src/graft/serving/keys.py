@@ -55,14 +55,18 @@ class KeyRing:
             raise ConfigError(f"{path}: no keys; add 'KEY QUOTA' lines or serve without --api-keys")
         return cls(quotas)
 
+    def check(self, given: str | None) -> None:
+        """401 (:class:`KeyRefused`) unless ``given`` is a known key: asked before any work is done for a request."""
+        if self._match(given or "") is None:
+            raise KeyRefused(401, "missing or invalid api-key: pass your key as the api-key query parameter")
+
     def spend(self, given: str | None) -> int:
         """Count one identification for the key ``given``; the identifications it has left today.
 
         Raises :class:`KeyRefused`: 401 without a known key, 429 (with ``RateLimit`` headers) once today's quota is
         spent."""
+        self.check(given)
         key = self._match(given or "")
-        if key is None:
-            raise KeyRefused(401, "missing or invalid api-key: pass your key as the api-key query parameter")
         quota, today = self.quotas[key], dt.datetime.now(dt.UTC).date()
         with self._lock:
             day, used = self._used.get(key, (today, 0))

@@ -69,25 +69,28 @@ def plantnet_error(status: int, message: str) -> dict[str, Any]:
 Related = Callable[[str, str, int, str], list[dict]]
 
 
-def plantnet_router(model_for: Callable[[str], Model], spend: Callable[[str | None, Response], int | None],
+def plantnet_router(model_for: Callable[[str], Model], authorize: Callable[[str | None], None],
+                    spend: Callable[[str | None, Response], int | None],
                     decode: Callable[[Model, list[UploadFile], list[str]], list], related: Related) -> APIRouter:
-    """``model_for(project)`` (404 for an unknown project), ``spend(api_key, response)`` -> identifications left
-    today, or None on an open server (raises 401/429; sets the RateLimit headers), ``decode(model, uploads, views)``
-    -> images (raises 4xx), ``related(project, label, n, base_url)`` -> entries of the label's training photos."""
+    """``model_for(project)`` (404 for an unknown project), ``authorize(api_key)`` (401 before any work),
+    ``spend(api_key, response)`` -> identifications left today, or None on an open server (429 over the quota; sets
+    the RateLimit headers), ``decode(model, uploads, views)`` -> images (raises 4xx), ``related(project, label, n,
+    base_url)`` -> entries of the label's training photos. A request that fails costs no quota."""
     router = APIRouter()
 
     @router.post("/v2/identify/{project}", summary="Pl@ntNet-compatible identification")
     async def identify(project: str, request: Request, response: Response) -> dict[str, Any]:
         query = Query.parse(project, request.query_params)
+        authorize(query.api_key)
         model = model_for(project)
         form = await request.form()
         images = [item for item in form.getlist("images") if isinstance(item, UploadFile)]
         organs = [str(o).strip().lower() for o in (form.getlist("organs") or request.query_params.getlist("organs"))]
         _check(images, organs)
         organs = organs or ["auto"] * len(images)
-        remaining = spend(query.api_key, response)
         views = [ORGANS[organ] for organ in organs]
         decoded = await run_in_threadpool(decode, model, images, views)
+        remaining = spend(query.api_key, response)
         names = [upload.filename or f"image {i + 1}" for i, upload in enumerate(images)]
         answer = await run_in_threadpool(identify_images, model, decoded, names, views, top=len(model.labels))
         if answer.unknown and not query.no_reject:
