@@ -119,3 +119,12 @@ def test_reduced_jpeg_decoding_is_close_to_full_decoding_and_cached_apart(tmp_pa
     cosine = (full.features * reduced.features).sum(1) / (
         np.linalg.norm(full.features, axis=1) * np.linalg.norm(reduced.features, axis=1))
     assert cosine.min() > 0.99 and not np.array_equal(full.features, reduced.features)
+
+
+def test_a_reused_open_cache_sees_the_chunks_other_writers_added(folder_data, tmp_path):
+    paths = sorted(folder_data.rglob("*.png"))
+    backbone = create_backbone("test_efficientnet", pretrained=False, image_size=32)
+    settings = FeatureConfig(cache_dir=str(tmp_path / "cache"))
+    mine = FeatureCache(settings.cache_dir, backbone, settings.decode)  # opened (indexed) while still empty
+    assert extract_features(paths, backbone, settings).extracted == len(paths)  # another writer fills it
+    assert extract_features(paths, backbone, settings, cache=mine).extracted == 0

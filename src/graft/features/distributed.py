@@ -24,6 +24,7 @@ from pathlib import Path
 from graft.config import BackboneConfig, FeatureConfig, ViewsConfig
 from graft.errors import BackboneError, GraftError
 from graft.features.backbones import create_backbone, members_of
+from graft.features.cache import FeatureCache
 
 RETRIES = 3
 
@@ -51,13 +52,14 @@ class _Extractor:
                                 f"driver {identity}; install the same weights on every node")
         self.settings = FeatureConfig(**features | {"num_workers": threads})  # decode threads beside the forward
         self.views = ViewsConfig(**views)
+        self.cache = FeatureCache(self.settings.cache_dir, self.backbone, self.settings.decode)  # indexed once
 
     def __call__(self, batch: dict) -> dict:
         from graft.features.extract import extract_features
 
         paths = [Path(p) for p in batch["path"]]
         result = extract_features(paths, self.backbone, self.settings, views=list(batch["view"]),
-                                  view_config=self.views)
+                                  view_config=self.views, cache=self.cache)
         errors = [result.failures.get(path, "") for path in paths]
         return {"path": batch["path"], "error": errors, "forwards": [result.extracted] + [0] * (len(paths) - 1)}
 

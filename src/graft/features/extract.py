@@ -136,6 +136,7 @@ def extract_features(
     view_config: ViewsConfig | None = None,
     tta: Sequence[str] = (),
     progress: Progress | None = None,
+    cache: FeatureCache | None = None,
 ) -> FeatureSet:
     """Features for ``paths``: cached rows are read, the rest extracted in batches and cached in chunks.
 
@@ -143,6 +144,8 @@ def extract_features(
     ``paths[i]`` (Flower, Leaf, ...); with ``view_config.enabled`` each image is preprocessed for its view first.
     ``tta`` names test-time views (see ``features.tta.TTA_VIEWS``): their features are cached like any other and
     returned as ``[n, 1 + len(tta), D]``. ``progress(done, total)`` is called after each batch needing extraction.
+    ``cache``: an open cache of this backbone to reuse (a Ray actor's: re-indexing a large cache per batch is slow);
+    it is refreshed first, so chunks other processes wrote count.
 
     Example:
         >>> features = extract_features(paths, create_backbone(), FeatureConfig(cache_dir="cache"))
@@ -154,7 +157,10 @@ def extract_features(
     start = time.perf_counter()
     settings = settings or FeatureConfig()
     view_config = view_config or ViewsConfig()
-    cache = FeatureCache(settings.cache_dir, backbone, settings.decode)
+    if cache is None:
+        cache = FeatureCache(settings.cache_dir, backbone, settings.decode)
+    else:
+        cache.refresh()
     view_of = dict(zip((Path(p) for p in paths), views or [""] * len(paths), strict=True))
     digests, failures = _digests(list(view_of))
     items = [_Item(p, v, params_key(v, view_config), digests[p]) for p, v in view_of.items() if p in digests]
