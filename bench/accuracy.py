@@ -4,10 +4,11 @@ seeds). The seed moves the 3:1 split (data without a test part), the folds and t
 Rows: logistic regression and k-NN (scikit-learn on the training part's standardised / normalised features), the
 previous default (MLP, early stopping on the validation split), the new default (cross-fitted head choice), Lite0
 and Lite2 features concatenated, a Lite0 + Lite2 ensemble with out-of-fold weights, and that ensemble with test-time
-augmentation. ``--backbones`` adds a new-default row per backbone (``mobilenetv2_100``, ``a+b`` concatenations...).
+augmentation. ``--backbones`` adds a new-default row per backbone (``mobilenetv2_100``, ``a+b`` concatenations...);
+``--train-views K`` a new-default row trained with K cached augmented views per training image.
 
     python bench/accuracy.py [--seeds 3] [--datasets leafsnap-dev flavia seedlings] [--ensemble leafsnap-dev flavia]
-                             [--backbones mobilenetv2_100 tf_efficientnet_lite2+mobilenetv2_100]
+                             [--backbones mobilenetv2_100 tf_efficientnet_lite2+mobilenetv2_100] [--train-views 4]
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def nearest_member_similarity(x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, 
                      for c in range(n_classes)], axis=1) + 1.0
 
 
-def graft_rows(data: Path, config: GraftConfig, work: Path, ensemble: bool, backbones: list[str]) -> dict[str, dict]:
+def graft_rows(data: Path, config: GraftConfig, work: Path, ensemble: bool, backbones: list[str],
+               train_views: int = 0) -> dict[str, dict]:
     rows = {}
     for name, overrides in (("previous default (MLP, validation early stopping)", {"head.selection": "holdout"}),
                             ("new default (cross-fitted head)", {})):
@@ -95,6 +97,10 @@ def graft_rows(data: Path, config: GraftConfig, work: Path, ensemble: bool, back
         part = evaluation_part(prepare_manifest(data, config)[0])
         tta, _, _ = evaluate_model(load_model(work / "ens"), part, tta=DEFAULT_TTA)
         rows["ensemble + TTA"] = tta | {"seconds": float("nan")}
+    if train_views:
+        results = fit(data, work / "train-views", config.updated({"features.train_views": train_views})).results
+        rows[f"new default + {train_views} augmented views per training image"] = results | {
+            "seconds": results["head_seconds"], "chosen": results["head"]}
     for i, backbone in enumerate(backbones):
         results = fit(data, work / f"backbone-{i}", config.updated({"backbone.name": backbone})).results
         rows[f"{backbone} (cross-fitted head)"] = results | {"seconds": results["head_seconds"], "chosen": results["head"]}
@@ -109,6 +115,7 @@ def main() -> None:
     parser.add_argument("--ensemble", nargs="*", default=["leafsnap-dev", "flavia"],
                         help="datasets that also get the Lite0+Lite2 rows (Lite2 extraction is slow on seedlings)")
     parser.add_argument("--backbones", nargs="*", default=[], help="more backbones, one new-default row each")
+    parser.add_argument("--train-views", type=int, default=0, help="a row with this many augmented views")
     args = parser.parse_args()
     for dataset in args.datasets:
         per_row: dict[str, list[dict]] = {}
@@ -116,7 +123,7 @@ def main() -> None:
             config = GraftConfig().updated({"data.seed": seed, "head.seed": seed, "features.cache_dir": args.cache_dir})
             with tempfile.TemporaryDirectory() as work:
                 rows = sklearn_baselines(DATA[dataset], config) | graft_rows(
-                    DATA[dataset], config, Path(work), dataset in args.ensemble, args.backbones)
+                    DATA[dataset], config, Path(work), dataset in args.ensemble, args.backbones, args.train_views)
             for name, results in rows.items():
                 per_row.setdefault(name, []).append(results)
             print(f"{dataset} seed {seed}: " + ", ".join(f"{n.split(' (')[0]} S={r['S']:.3f}" for n, r in rows.items()),

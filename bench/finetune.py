@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader
 
 from graft.config import FineTuneConfig, HeadConfig, ViewsConfig
 from graft.data.manifest import load_manifest
+from graft.features.augment import training_transform
 from graft.features.backbones import create_backbone
 from graft.features.preparation import Preparation
 from graft.model.head import build_head
-from graft.training.augment import training_transform
 from graft.training.finetune_module import FineTuneModule, ImageDataset, ValidationInfo
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "leafsnap-dev"

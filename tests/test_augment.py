@@ -6,8 +6,8 @@ from PIL import Image
 from torch import nn
 
 from graft.config import AugmentConfig
+from graft.features.augment import OneGroupAugment, build_groups, training_transform
 from graft.features.backbones import create_backbone
-from graft.training.augment import OneGroupAugment, build_groups, training_transform
 
 
 class Spy(nn.Module):

@@ -54,6 +54,9 @@ class FeatureConfig(_Section):
         "auto", description="The backbone's forward for extraction and prediction: onnx = ONNX Runtime (2x torch on "
         "this CPU, features within 1e-4 of torch's, so caches are shared); auto = onnx when the backbone exports.")
     chunk_size: int = Field(256, ge=1, description="Images per cache chunk: what a killed run can lose at most.")
+    train_views: int = Field(
+        0, ge=0, description="Augmented views per training image (the one-group augmentation of finetune.augment), "
+        "extracted once, cached, and trained on beside the originals; cross-fitting scores originals only.")
     decode: Literal["reduced", "full"] = Field(
         "reduced", description="reduced: JPEGs decoded at the smallest DCT scale that still covers the backbone's resize "
         "size (extraction 3x faster on 12 MP photos here, bench/extract.py --phone; part of the cache key); "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from graft.config import FeatureConfig, ViewsConfig
+from graft.config import AugmentConfig, FeatureConfig, ViewsConfig
 from graft.errors import ImageError
 from graft.features.backbones import Backbone, ConcatBackbone
 from graft.features.cache import FeatureCache
@@ -137,6 +137,7 @@ def extract_features(
     tta: Sequence[str] = (),
     progress: Progress | None = None,
     cache: FeatureCache | None = None,
+    augment: AugmentConfig | None = None,
 ) -> FeatureSet:
     """Features for ``paths``: cached rows are read, the rest extracted in batches and cached in chunks.
 
@@ -144,15 +145,16 @@ def extract_features(
     ``paths[i]`` (Flower, Leaf, ...); with ``view_config.enabled`` each image is preprocessed for its view first.
     ``tta`` names test-time views (see ``features.tta.TTA_VIEWS``): their features are cached like any other and
     returned as ``[n, 1 + len(tta), D]``. ``progress(done, total)`` is called after each batch needing extraction.
-    ``cache``: an open cache of this backbone to reuse (a Ray actor's: re-indexing a large cache per batch is slow);
-    it is refreshed first, so chunks other processes wrote count.
+    ``augment``: the settings behind augmented view names in ``tta`` (cached augmented views of training images,
+    :func:`~graft.features.augment.augmented_names`). ``cache``: an open cache of this backbone to reuse (a Ray
+    actor's: re-indexing a large cache per batch is slow); it is refreshed first, so chunks other processes wrote count.
 
     Example:
         >>> features = extract_features(paths, create_backbone(), FeatureConfig(cache_dir="cache"))
     """
     if isinstance(backbone, ConcatBackbone):
         parts = [extract_features(paths, member, settings, views=views, view_config=view_config, tta=tta,
-                                  progress=progress) for member in backbone.members]
+                                  progress=progress, augment=augment) for member in backbone.members]
         return _concatenated(parts)
     start = time.perf_counter()
     settings = settings or FeatureConfig()
@@ -172,7 +174,7 @@ def extract_features(
             missing[item.row_key] = (item, needed)
     stores = {key: decision_store(settings.cache_dir, key) for key in {item.view_key for item in items} if key}
     preparation = Preparation(backbone.transform(), backbone.data_config, view_config,
-                              decode_side(backbone.data_config, settings.decode))
+                              decode_side(backbone.data_config, settings.decode), augment)
     extracted = _extract_missing(list(missing.values()), backbone, cache, stores, preparation, settings, failures,
                                  progress)
     good = [item for item in items if item.path not in failures]

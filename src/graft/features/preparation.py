@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from graft.config import ViewsConfig
+from graft.config import AugmentConfig, ViewsConfig
 from graft.data.images import MAX_PIXELS, decode_rgb, load_rgb
+from graft.features.augment import AUGMENTED, augmented_views
 from graft.features.tta import tta_views
 from graft.views.preprocess import Decision, apply, decide, params_key
 
@@ -40,6 +41,7 @@ class Preparation:
     data_config: dict
     views: ViewsConfig
     decode_side: int | None = None  # decode JPEGs only down to this shorter side (None: every pixel)
+    augment: AugmentConfig | None = None  # for cached augmented views ("aug..." names)
 
     def prepare(self, image: Image.Image, view: str, names: Sequence[str] = (ORIGINAL,),
                 decision: Decision | None = None) -> tuple[torch.Tensor, Decision]:
@@ -50,9 +52,16 @@ class Preparation:
         decision = decision if decision is not None else decide(image, view, self.views)
         original = self.transform(apply(image, decision))
         stacks = [original[None]] if ORIGINAL in names else []
-        extra = [name for name in names if name != ORIGINAL]
-        if extra:
-            stacks.append(tta_views(original, extra, self.data_config["mean"], self.data_config["std"]))
+        mean, std = self.data_config["mean"], self.data_config["std"]
+        for name in names:  # in the order asked, so rows match names
+            if name == ORIGINAL:
+                continue
+            if name.startswith(AUGMENTED):
+                if self.augment is None:
+                    raise ValueError(f"view {name!r} needs the augmentation settings")
+                stacks.append(augmented_views(original, [name], self.augment, mean, std))
+            else:
+                stacks.append(tta_views(original, [name], mean, std))
         return torch.cat(stacks), decision
 
     def load(self, path: Path, view: str, names: Sequence[str] = (ORIGINAL,),

@@ -25,7 +25,7 @@ from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
 from graft.evaluation.metrics import score_probabilities
 from graft.model.fusion import softmax
-from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
+from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
 
 
 def fold_of(records: Sequence[ImageRecord], k: int, seed: int) -> np.ndarray:
@@ -66,8 +66,9 @@ class Selection:
 
 
 def cross_fit(features: np.ndarray, labels: np.ndarray, records: Sequence[ImageRecord], label_names: list[str],
-              config: HeadConfig, weights: torch.Tensor | None, fusion: str) -> Selection:
-    """Score every candidate out of fold and pick the best S (ties: the first, i.e. the simpler family)."""
+              config: HeadConfig, weights: torch.Tensor | None, fusion: str, extra: np.ndarray | None = None) -> Selection:
+    """Score every candidate out of fold and pick the best S (ties: the first, i.e. the simpler family).
+    ``extra``: cached augmented views ``[n, K, D]`` of the rows, trained on with them, never scored."""
     fold = fold_of(records, config.folds, config.seed)
     images_per_class = len(labels) / max(1, len(np.unique(labels)))
     families: dict[str, list[Candidate]] = {}
@@ -77,7 +78,8 @@ def cross_fit(features: np.ndarray, labels: np.ndarray, records: Sequence[ImageR
     for family in families.values():
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as fold_logs:  # the folds' heads are thrown away, and so are their logs
-            found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs))
+            found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs),
+                                extra)
         seconds = (time.perf_counter() - start) / len(family)
         for candidate, oof in found.items():
             scores = score_probabilities(softmax(oof), records, label_names, fusion)
@@ -90,10 +92,11 @@ def cross_fit(features: np.ndarray, labels: np.ndarray, records: Sequence[ImageR
 
 
 def final_head(selection: Selection, features: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig,
-               weights: torch.Tensor | None, log_dir: Path,
-               progress: bool = False) -> tuple[nn.Sequential, HeadConfig, Path | None]:
-    """The chosen candidate trained on all of the training part, the resolved head settings that rebuild it, and
-    (MLP) its epoch log."""
+               weights: torch.Tensor | None, log_dir: Path, progress: bool = False,
+               extra: np.ndarray | None = None) -> tuple[nn.Sequential, HeadConfig, Path | None]:
+    """The chosen candidate trained on all of the training part (and its augmented views), the resolved head
+    settings that rebuild it, and (MLP) its epoch log."""
     resolved = selection.chosen.config(config)
-    head, log = fit_head_of(resolved.kind, features, labels, num_classes, resolved, weights, log_dir, progress)
+    x, y = with_augmented(features, labels, extra)
+    head, log = fit_head_of(resolved.kind, x, y, num_classes, resolved, weights, log_dir, progress)
     return head, resolved, log

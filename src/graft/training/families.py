@@ -102,24 +102,36 @@ class _Snapshots(Callback):
             module.head.train()
 
 
+def with_augmented(features: np.ndarray, labels: np.ndarray, extra: np.ndarray | None,
+                   rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows ``rows`` and, when there are cached augmented views (``extra``: ``[n, K, D]``), their K
+    augmented copies with the same labels."""
+    x, y = features[rows], labels[rows]
+    if extra is None or extra.shape[1] == 0:
+        return x, y
+    copies = extra[rows]
+    return (np.concatenate([x, copies.reshape(-1, copies.shape[-1])]),
+            np.concatenate([y, np.repeat(y, copies.shape[1])]))
+
+
 def out_of_fold(family: list[Candidate], features: np.ndarray, labels: np.ndarray, fold: np.ndarray,
                 num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
-                log_dir: Path) -> dict[Candidate, np.ndarray]:
-    """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it."""
+                log_dir: Path, extra: np.ndarray | None = None) -> dict[Candidate, np.ndarray]:
+    """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
+    (nor any augmented view of it: ``extra`` rows train with their originals' fold)."""
     logits = {candidate: np.zeros((len(labels), num_classes), np.float32) for candidate in family}
     for k in np.unique(fold):
         held, kept = fold == k, fold != k
+        x, y = with_augmented(features, labels, extra, kept)
         if family[0].kind == "mlp":
             epochs = [int(c.value) for c in family]
             snapshots = _Snapshots(features[held], epochs)
             fold_config = config.model_copy(update={"epochs": max(epochs)})
-            fit_head_epochs(features[kept], labels[kept], num_classes, fold_config, weights, log_dir,
-                            f"fold-{k}", False, [snapshots])
+            fit_head_epochs(x, y, num_classes, fold_config, weights, log_dir, f"fold-{k}", False, [snapshots])
             for candidate in family:
                 logits[candidate][held] = snapshots.logits[int(candidate.value)]
             continue
         for candidate in family:
-            head, _ = fit_head_of(candidate.kind, features[kept], labels[kept], num_classes,
-                                  candidate.config(config), weights, log_dir)
+            head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir)
             logits[candidate][held] = predict_logits(head, features[held])
     return logits

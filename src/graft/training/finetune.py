@@ -26,6 +26,7 @@ from graft.config import GraftConfig
 from graft.data.manifest import ImageRecord, Manifest
 from graft.errors import ConfigError, DataError, RunError
 from graft.evaluation.evaluate import score
+from graft.features.augment import training_transform
 from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
 from graft.features.preparation import Preparation
 from graft.model.classifier import Classifier
@@ -41,7 +42,6 @@ from graft.run import (
     write_state,
     writing,
 )
-from graft.training.augment import training_transform
 from graft.training.finetune_module import IGNORE, FineTuneModule, ImageDataset, ValidationInfo
 from graft.training.head import resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, read_rows

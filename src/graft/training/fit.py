@@ -24,12 +24,14 @@ from graft.data.splits import assign_splits, check_trainable
 from graft.data.taxonomy import taxonomy_of
 from graft.evaluation.evaluate import ms_per_observation, score
 from graft.evaluation.metrics import fusion_rule_rows, label_indices, score_probabilities
+from graft.features.augment import augmented_names
 from graft.features.backbones import create_backbone
-from graft.features.extract import FeatureSet
+from graft.features.extract import FeatureSet, extract_features
 from graft.model.calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
 from graft.model.classifier import Classifier
 from graft.model.fusion import softmax
 from graft.model.head import predict_logits
+from graft.progress import progress_bar
 from graft.run import RunFiles, evaluation_part, write_data, write_model, write_out_of_fold, write_results, writing
 from graft.training.crossfit import cross_fit, final_head
 from graft.training.head import fit_head, resolve_class_weights
@@ -104,7 +106,8 @@ def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig
     else:
         training = manifest.without([r.path for r in evaluated])
         classifier.labels = sorted({r.label for r in training})
-        trained = _crossfit(training, feature_set, classifier.labels, config, files, progress)
+        augmented = _augmented_views(classifier, training, config, progress) if config.features.train_views else None
+        trained = _crossfit(training, feature_set, classifier.labels, config, files, progress, augmented)
     classifier.head, classifier.config = trained.head, trained.config
     plain = feature_set.rows_for([r.path for r in evaluated])  # single view: what calibration is measured on
     calibration: dict[str, Any] = {"calibration": "off"}
@@ -143,16 +146,27 @@ def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig
     return results, problems, warnings_after
 
 
+def _augmented_views(classifier: Classifier, training: Manifest, config: GraftConfig, progress: bool) -> FeatureSet:
+    """``features.train_views`` augmented views of every training image (the one-group augmentation), cached like
+    any feature: ``[n, 1 + K, D]`` with the original first."""
+    names = augmented_names(config.finetune.augment, config.features.train_views)
+    with progress_bar("Augmented views", progress) as report:
+        return extract_features([r.path for r in training], classifier.backbone, config.features,
+                                views=[r.view for r in training], view_config=config.views, tta=names,
+                                progress=report, augment=config.finetune.augment)
+
+
 def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
-              progress: bool) -> TrainedHead:
+              progress: bool, augmented: FeatureSet | None = None) -> TrainedHead:
     start = time.perf_counter()
     known = set(labels)
     records = [r for r in training if r.label in known]
     x, y = labelled_features(Manifest(records), feature_set, labels)
+    extra = augmented.rows_for([r.path for r in records])[:, 1:] if augmented is not None else None
     weights = resolve_class_weights(config.head.class_weights, labels, y)
     fusion = config.predict.fusion
-    selection = cross_fit(x, y, records, labels, config.head, weights, fusion)
-    head, resolved, log = final_head(selection, x, y, len(labels), config.head, weights, files.root, progress)
+    selection = cross_fit(x, y, records, labels, config.head, weights, fusion, extra)
+    head, resolved, log = final_head(selection, x, y, len(labels), config.head, weights, files.root, progress, extra)
     write_out_of_fold(files, [r.path for r in records], selection.logits, selection.fold)
     probabilities = softmax(selection.logits)
     out_of_fold = score_probabilities(probabilities, records, labels, fusion)

@@ -7,7 +7,11 @@ Transforms are torchvision v2 and run on the resized, centre-cropped float image
 
 from __future__ import annotations
 
+import hashlib
 import random
+import threading
+import zlib
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -61,3 +65,37 @@ def training_transform(data_config: dict, config: AugmentConfig) -> v2.Compose:
         OneGroupAugment(build_groups(config), config.p, config.weights),
         v2.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"])),
     ])
+
+
+AUGMENTED = "aug"  # view names "aug<i>-<settings key>": the i-th cached augmented view of an image
+_rng_lock = threading.Lock()  # torchvision and OneGroupAugment draw from the global RNGs, shared by decode threads
+
+
+def augmented_names(config: AugmentConfig, count: int) -> tuple[str, ...]:
+    """Names of ``count`` augmented views; the key of the augmentation settings is in each, so changing them (or
+    graft's augmentation) makes new cache entries instead of serving stale ones."""
+    key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:10]
+    return tuple(f"{AUGMENTED}{i}-{key}" for i in range(count))
+
+
+def augmented_views(normalized: torch.Tensor, names: Sequence[str], config: AugmentConfig, mean, std) -> torch.Tensor:
+    """The one-group augmentation (p = ``config.p``) applied to an already transformed image, once per name:
+    ``[len(names), C, H, W]``. Deterministic: each view's random draws are seeded by the image's pixels and the
+    view's name, under a lock, with the global RNG states restored after - so a cache entry never depends on which
+    thread made it or on what ran before."""
+    mean, std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+    image = (normalized * std + mean).clamp(0, 1)
+    augment = OneGroupAugment(build_groups(config), config.p, config.weights)
+    content = zlib.crc32(image.numpy().tobytes())
+    views = []
+    with _rng_lock, torch.random.fork_rng(devices=[]):
+        state = random.getstate()
+        try:
+            for name in names:
+                seed = zlib.crc32(f"{content}:{name}".encode())
+                torch.manual_seed(seed)
+                random.seed(seed)
+                views.append((augment(image).clamp(0, 1) - mean) / std)
+        finally:
+            random.setstate(state)
+    return torch.stack(views)
