@@ -1,7 +1,7 @@
 """Feature extraction on a Ray cluster (Ray Data), into the same content-addressed cache as one process.
 
-The driver only lists the images: no hashing, no decoding. Ray Data cuts the list into batches of
-``features.chunk_size`` and sends them to a pool of actors; each actor builds the backbone once (the weights must
+The driver only lists the images: no hashing, no decoding. Ray Data cuts the list into batches (at most
+``features.chunk_size`` images) and sends them to a pool of actors; each actor builds the backbone once (the weights must
 have the same identity as the driver's) and runs :func:`~graft.features.extract.extract_features` on its batch: it
 hashes the images, skips those the cache already holds, extracts the rest and writes them as one chunk (temp file +
 rename, unique chunk names), so concurrent writers never collide and a killed actor leaves only finished chunks.
@@ -15,7 +15,6 @@ CPU (checked in tests/test_distributed.py); under ``features.engine: torch`` the
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,11 +40,10 @@ class RayExtraction:
 class _Extractor:
     """A Ray actor: one backbone per process, ``extract_features`` per batch."""
 
-    def __init__(self, backbone: dict, features: dict, views: dict, identity: str):
+    def __init__(self, backbone: dict, features: dict, views: dict, identity: str, threads: int):
         import torch
 
-        threads = max(1, int(os.environ.get("GRAFT_ACTOR_THREADS", "1")))
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # this actor's share of the node's cores (ONNX Runtime follows it)
         self.backbone = create_backbone(**backbone)
         if self.backbone.identity != identity:
             raise BackboneError(f"this worker loads {self.backbone.name} with weights {self.backbone.identity}, the "
@@ -78,8 +76,7 @@ def extract_on_ray(paths: Sequence[Path], backbone: BackboneConfig, settings: Fe
     start = time.perf_counter()
     view_config = view_config or ViewsConfig()
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": {"GRAFT_ACTOR_THREADS": str(threads_per_actor)}})
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False  # graft reports progress itself
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_actor)
@@ -90,8 +87,9 @@ def extract_on_ray(paths: Sequence[Path], backbone: BackboneConfig, settings: Fe
         spec = backbone.model_dump() | {"name": member.name}
         dataset = ray.data.from_items(rows).map_batches(
             _Extractor, batch_size=_batch_size(len(rows), actors, settings), concurrency=actors,
-            num_cpus=threads_per_actor, fn_constructor_kwargs={"backbone": spec, "features": settings.model_dump(),
-                                   "views": view_config.model_dump(), "identity": member.identity},
+            num_cpus=threads_per_actor,
+            fn_constructor_kwargs={"backbone": spec, "features": settings.model_dump(), "views": view_config.model_dump(),
+                                   "identity": member.identity, "threads": threads_per_actor},
             max_restarts=RETRIES, max_task_retries=RETRIES)
         done = 0
         for batch in dataset.iter_batches(batch_size=None):
