@@ -8,6 +8,7 @@ from graft.config import FeatureConfig
 from graft.features.backbones import create_backbone
 from graft.features.cache import FeatureCache
 from graft.features.extract import extract_features
+from graft.rows import RowFile
 from graft.store import CACHE_ENV, default_cache_dir
 
 
@@ -83,10 +84,25 @@ def test_cache_location_from_environment(tmp_path, monkeypatch, backbone):
     assert FeatureCache(None, backbone).directory.parent == tmp_path / "env-cache"
 
 
-def test_reads_are_memory_mapped(tmp_path, images, backbone):
-    extract(images, backbone, tmp_path / "cache")
-    cache = FeatureCache(tmp_path / "cache", backbone)
-    assert all(isinstance(array, np.memmap) for array in cache._arrays.values())
+def test_cache_reads_never_map_chunks_into_memory(tmp_path, images, backbone):
+    """Mapped pages count as the process's memory once touched: a pass over a big cache must not grow RSS by it."""
+    first = extract(images, backbone, tmp_path / "cache")
+    cache = FeatureCache(tmp_path / "cache", backbone, FeatureConfig().decode)
+    rows = cache.get(list(cache._index))
+    mapped = Path("/proc/self/maps").read_text()
+    assert len(rows) == len(images) and not any(str(chunk) in mapped for chunk in cache._arrays)
+    assert np.array_equal(extract(images, backbone, tmp_path / "cache").features, first.features)
+
+
+def test_features_can_go_to_a_row_file_instead_of_memory(tmp_path, images, backbone):
+    in_memory = extract(images, backbone, tmp_path / "cache")
+    on_disk = extract(images, backbone, tmp_path / "cache", rows_to=tmp_path / "rows.npy")
+    assert isinstance(on_disk.features, RowFile) and np.array_equal(np.load(tmp_path / "rows.npy"), in_memory.features)
+    assert np.array_equal(on_disk.rows_for(images[3:6]), in_memory.rows_for(images[3:6]))
+    both = create_backbone("test_efficientnet+test_efficientnet", pretrained=False, image_size=32)
+    concatenated = extract(images, both, tmp_path / "cache", rows_to=tmp_path / "both.npy")
+    assert np.array_equal(concatenated.features.take(), np.hstack([in_memory.features, in_memory.features]))
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["both.npy", "rows.npy"]  # members' files removed
 
 
 def test_concatenated_backbones_reuse_each_members_cache(tmp_path, images, backbone):

@@ -100,6 +100,9 @@ class HeadConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1, description="128: same S as 64 on ELPV and leafsnap, 20% faster; 256 hurt leafsnap.")
     class_weights: str = Field("none", description="none, auto (inverse frequency) or a CSV/JSON file label->weight.")
+    memory_mb: float = Field(
+        4096, ge=0, description="Cross-fitting streams the training features from a row file in the cache directory "
+        "instead of memory when they are larger than this (0 = always stream).")
     seed: int = 0
 
 

@@ -27,6 +27,7 @@ from graft.features.cache import FeatureCache
 from graft.features.engines import FeatureEngine, feature_engine
 from graft.features.preparation import ORIGINAL, Preparation, decode_side
 from graft.files import file_digest
+from graft.rows import BLOCK_ROWS, RowFile, RowWriter
 from graft.store import ChunkStore
 from graft.views.decisions import decision_store
 from graft.views.preprocess import Decision, params_key
@@ -36,10 +37,11 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class FeatureSet:
-    """Features for a list of images: ``rows[i]`` belongs to ``paths[i]``; failed images are listed, not included."""
+    """Features for a list of images: ``rows[i]`` belongs to ``paths[i]``; failed images are listed, not included.
+    ``features`` is in memory, or a row file on disk when the caller asked for one (``rows_to``)."""
 
     paths: list[Path]
-    features: np.ndarray
+    features: np.ndarray | RowFile
     failures: dict[Path, str] = field(default_factory=dict)
     extracted: int = 0  # backbone forwards this call performed (0 when everything came from the cache)
     seconds: float = 0.0
@@ -48,8 +50,14 @@ class FeatureSet:
 
     def rows_for(self, paths: Sequence[Path]) -> np.ndarray:
         """``[n, D]`` features, or ``[n, 1 + len(tta), D]`` (original first) when test-time views were requested."""
+        rows = self.rows_view(paths)
+        return rows.take() if isinstance(rows, RowFile) else rows
+
+    def rows_view(self, paths: Sequence[Path]) -> np.ndarray | RowFile:
+        """Like :meth:`rows_for`, but rows on disk stay there (a view of the row file: nothing is read)."""
         position = {path: i for i, path in enumerate(self.paths)}
-        return self.features[[position[p] for p in paths]]
+        index = np.array([position[p] for p in paths], np.int64)
+        return self.features.subset(index) if isinstance(self.features, RowFile) else self.features[index]
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,7 @@ def extract_features(
     progress: Progress | None = None,
     cache: FeatureCache | None = None,
     augment: AugmentConfig | None = None,
+    rows_to: Path | None = None,
 ) -> FeatureSet:
     """Features for ``paths``: cached rows are read, the rest extracted in batches and cached in chunks.
 
@@ -148,14 +157,20 @@ def extract_features(
     ``augment``: the settings behind augmented view names in ``tta`` (cached augmented views of training images,
     :func:`~graft.features.augment.augmented_names`). ``cache``: an open cache of this backbone to reuse (a Ray
     actor's: re-indexing a large cache per batch is slow); it is refreshed first, so chunks other processes wrote count.
+    ``rows_to``: write the features into this row file, block by block, instead of memory (more features than RAM;
+    not with ``tta``).
 
     Example:
         >>> features = extract_features(paths, create_backbone(), FeatureConfig(cache_dir="cache"))
     """
+    if tta and rows_to is not None:
+        raise ValueError("rows_to holds [n, D] rows: extract test-time views in memory")
     if isinstance(backbone, ConcatBackbone):
         parts = [extract_features(paths, member, settings, views=views, view_config=view_config, tta=tta,
-                                  progress=progress, augment=augment) for member in backbone.members]
-        return _concatenated(parts)
+                                  progress=progress, augment=augment,
+                                  rows_to=rows_to and rows_to.with_suffix(f".{i}.npy"))
+                 for i, member in enumerate(backbone.members)]
+        return _concatenated(parts, rows_to)
     start = time.perf_counter()
     settings = settings or FeatureConfig()
     view_config = view_config or ViewsConfig()
@@ -182,6 +197,10 @@ def extract_features(
         features = np.zeros((0, backbone.num_features), np.float32)
     elif tta:
         features = np.stack([cache.get([item.tta_key(name) for item in good]) for name in names], axis=1)
+    elif rows_to is not None:
+        features = _write_rows(rows_to, len(good), backbone.num_features,
+                               ((start, cache.get([i.row_key for i in good[start : start + BLOCK_ROWS]]))
+                                for start in range(0, len(good), BLOCK_ROWS)))
     else:
         features = cache.get([item.row_key for item in good])
     fallbacks = _count_fallbacks(good, stores)
@@ -189,11 +208,27 @@ def extract_features(
     return FeatureSet([i.path for i in good], features, failures, extracted, seconds, fallbacks, tuple(tta))
 
 
-def _concatenated(parts: list[FeatureSet]) -> FeatureSet:
-    """Members' features side by side, for the images every member could read."""
+def _write_rows(path: Path, rows: int, dim: int, blocks: Iterator[tuple[int, np.ndarray]]) -> RowFile:
+    with RowWriter(path, rows, dim) as writer:
+        for start, block in blocks:
+            writer.write(start, block)
+    return RowFile(path)
+
+
+def _concatenated(parts: list[FeatureSet], rows_to: Path | None = None) -> FeatureSet:
+    """Members' features side by side, for the images every member could read (block by block into ``rows_to``)."""
     failures = {path: why for part in parts for path, why in part.failures.items()}
     good = [path for path in parts[0].paths if path not in failures]
-    features = np.concatenate([part.rows_for(good) for part in parts], axis=-1)
+    if rows_to is None:
+        features = np.concatenate([part.rows_for(good) for part in parts], axis=-1)
+    else:
+        dim = sum(part.features.dim for part in parts)
+        members = [part.rows_view(good) for part in parts]
+        blocks = ((start, np.concatenate([rows.take(slice(start, start + BLOCK_ROWS)) for rows in members], axis=1))
+                  for start in range(0, len(good), BLOCK_ROWS))
+        features = _write_rows(rows_to, len(good), dim, blocks)
+        for part in parts:
+            part.features.path.unlink()
     return FeatureSet(good, features, failures, sum(p.extracted for p in parts), sum(p.seconds for p in parts),
                       parts[0].view_fallbacks, parts[0].tta)
 

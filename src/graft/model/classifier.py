@@ -56,15 +56,17 @@ class Classifier:
         return tuple(self.config.predict.tta if tta is None else tta)
 
     def features(self, paths: Sequence[Path], views: Sequence[str] | None = None, progress: bool = False,
-                 tta: Sequence[str] | None = None) -> FeatureSet:
-        """Features of ``paths``; with test-time views (``tta``, default: the config's) shaped ``[n, 1 + k, D]``."""
+                 tta: Sequence[str] | None = None, rows_to: Path | None = None) -> FeatureSet:
+        """Features of ``paths``; with test-time views (``tta``, default: the config's) shaped ``[n, 1 + k, D]``;
+        into the row file ``rows_to`` instead of memory when given (no test-time views then)."""
         with progress_bar("Extracting features", progress) as report:
             return extract_features(paths, self.backbone, self.config.features, views=views,
-                                    view_config=self.config.views, tta=self._tta(tta), progress=report)
+                                    view_config=self.config.views, tta=() if rows_to else self._tta(tta),
+                                    progress=report, rows_to=rows_to)
 
     def manifest_features(self, manifest: Manifest, progress: bool = False,
-                          tta: Sequence[str] | None = None) -> FeatureSet:
-        return self.features([r.path for r in manifest], [r.view for r in manifest], progress, tta)
+                          tta: Sequence[str] | None = None, rows_to: Path | None = None) -> FeatureSet:
+        return self.features([r.path for r in manifest], [r.view for r in manifest], progress, tta, rows_to)
 
     def image_probabilities(self, part: Manifest, tta: Sequence[str] | None = None,
                             progress: bool = False) -> tuple[Manifest, np.ndarray, dict]:

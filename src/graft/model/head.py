@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from graft.config import HeadConfig
+from graft.rows import RowFile
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -33,8 +34,13 @@ class Standardize(nn.Module):
         near-constant on a dataset (Lite0: 30 of 1,280 below 1e-5 on leafsnap): dividing by their tiny std turned
         noise into z-scores of 1e5 on new images, so such dimensions are scaled like ordinary ones instead."""
         std = features.std(0) if len(features) > 1 else torch.ones(features.shape[1])
+        return self.set_statistics(features.mean(0), std, len(features))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, count: int) -> Standardize:
+        """Statistics computed elsewhere (block by block, for features on disk), floored as :meth:`fit` says."""
+        std = std if count > 1 else torch.ones_like(std)
         floor = max(1e-6, 0.01 * float(std.median())) if len(std) else 1e-6
-        self.mean.copy_(features.mean(0))
+        self.mean.copy_(mean)
         self.std.copy_(std.clamp_min(floor))
         return self
 
@@ -76,8 +82,16 @@ def build_head(num_features: int, num_classes: int, config: HeadConfig) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def predict_logits(head: nn.Module, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+def predict_logits(head: nn.Module, features: np.ndarray | RowFile, batch_size: int = 4096) -> np.ndarray:
+    """``[n, C]`` logits of features in memory or in a row file (read a block at a time)."""
     head.eval()
+    if isinstance(features, RowFile):
+        out = None
+        for index, block in features.blocks():
+            logits = predict_logits(head, block, batch_size)
+            out = np.empty((len(features), logits.shape[1]), np.float32) if out is None else out
+            out[index] = logits
+        return out if out is not None else predict_logits(head, np.zeros((0, features.dim), np.float32))
     with torch.inference_mode():
         tensor = torch.as_tensor(features, dtype=torch.float32)
         chunks = [head(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]

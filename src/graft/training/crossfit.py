@@ -26,6 +26,7 @@ from graft.data.manifest import ImageRecord
 from graft.evaluation.metrics import score_probabilities
 from graft.model.fusion import softmax
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
+from graft.training.streaming import Rows
 
 
 def fold_of(records: Sequence[ImageRecord], k: int, seed: int) -> np.ndarray:
@@ -65,7 +66,7 @@ class Selection:
         return "\n".join(lines)
 
 
-def cross_fit(features: np.ndarray, labels: np.ndarray, records: Sequence[ImageRecord], label_names: list[str],
+def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord], label_names: list[str],
               config: HeadConfig, weights: torch.Tensor | None, fusion: str, extra: np.ndarray | None = None) -> Selection:
     """Score every candidate out of fold and pick the best S (ties: the first, i.e. the simpler family).
     ``extra``: cached augmented views ``[n, K, D]`` of the rows, trained on with them, never scored."""
@@ -74,7 +75,8 @@ def cross_fit(features: np.ndarray, labels: np.ndarray, records: Sequence[ImageR
     families: dict[str, list[Candidate]] = {}
     for candidate in candidates(config, images_per_class):
         families.setdefault(candidate.kind, []).append(candidate)
-    rows, logits = [], {}
+    rows: list[dict[str, Any]] = []
+    chosen, chosen_logits, chosen_s = None, None, -1.0
     for family in families.values():
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as fold_logs:  # the folds' heads are thrown away, and so are their logs
@@ -85,13 +87,13 @@ def cross_fit(features: np.ndarray, labels: np.ndarray, records: Sequence[ImageR
             scores = score_probabilities(softmax(oof), records, label_names, fusion)
             rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
                          **{k: scores[k] for k in ("S", "top1", "top3", "top5")}, "seconds": round(seconds, 2)})
-            logits[candidate] = oof
-    best = max(range(len(rows)), key=lambda i: (rows[i]["S"], -i))
-    chosen = list(logits)[best]
-    return Selection(chosen, rows, logits[chosen], fold)
+            if scores["S"] > chosen_s:  # ties keep the first, i.e. the simpler family
+                chosen, chosen_logits, chosen_s = candidate, oof, scores["S"]
+        del found  # only the leader's [n, C] logits are kept: 7 candidates' would be 7 x n x C floats
+    return Selection(chosen, rows, chosen_logits, fold)
 
 
-def final_head(selection: Selection, features: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig,
+def final_head(selection: Selection, features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
                weights: torch.Tensor | None, log_dir: Path, progress: bool = False,
                extra: np.ndarray | None = None) -> tuple[nn.Sequential, HeadConfig, Path | None]:
     """The chosen candidate trained on all of the training part (and its augmented views), the resolved head

@@ -20,8 +20,11 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from graft.config import HeadConfig
+from graft.errors import ConfigError
 from graft.model.head import build_head, predict_logits
+from graft.rows import RowFile
 from graft.training.head import HeadModule, fit_head_epochs
+from graft.training.streaming import Rows, fit_linear, fit_prototypes, fit_standardize, take_rows
 
 ABSENT = -30.0  # logit of a class a fold's training part lacks: it can never be the answer there
 
@@ -56,14 +59,22 @@ def candidates(config: HeadConfig, images_per_class: float) -> list[Candidate]:
     return [Candidate(kind, float(value)) for kind in kinds for value in grids[kind]]
 
 
-def fit_head_of(kind: str, features: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig,
+def fit_head_of(kind: str, features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
                 weights: torch.Tensor | None, log_dir: Path, progress: bool = False) -> tuple[nn.Sequential, Path | None]:
     """A head of ``kind`` with ``config``'s setting, trained on all of ``features``; with the MLP's epoch log."""
     if kind == "mlp":
         return fit_head_epochs(features, labels, num_classes, config, weights, log_dir, "head", progress)
     head = build_head(features.shape[1], num_classes, config.model_copy(update={"kind": kind}))
+    fit_standardize(head[0], features)
+    if isinstance(features, RowFile) and kind == "prototype":
+        fit_prototypes(head[0], head[1], features, labels)
+    elif isinstance(features, RowFile):
+        fit_linear(head[0], head[1], features, labels, config.c, weights, ABSENT)
+    if isinstance(features, RowFile):
+        return head.eval(), None
     x = torch.as_tensor(features, dtype=torch.float32)
-    standardized = head[0].fit(x)(x)
+    with torch.no_grad():
+        standardized = head[0](x)
     if kind == "prototype":
         head[1].fit(standardized, torch.as_tensor(labels))
     else:
@@ -93,7 +104,7 @@ def _fit_linear(linear: nn.Linear, x: np.ndarray, labels: np.ndarray, c: float, 
 class _Snapshots(Callback):
     """Logits of held-out features as training passes each epoch count of the grid."""
 
-    def __init__(self, features: np.ndarray, epochs: Sequence[int]):
+    def __init__(self, features: Rows, epochs: Sequence[int]):
         self.features, self.epochs, self.logits = features, set(epochs), {}
 
     def on_train_epoch_end(self, trainer, module: HeadModule):
@@ -102,19 +113,23 @@ class _Snapshots(Callback):
             module.head.train()
 
 
-def with_augmented(features: np.ndarray, labels: np.ndarray, extra: np.ndarray | None,
-                   rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+def with_augmented(features: Rows, labels: np.ndarray, extra: np.ndarray | None,
+                   rows: np.ndarray | slice = slice(None)) -> tuple[Rows, np.ndarray]:
     """The training rows ``rows`` and, when there are cached augmented views (``extra``: ``[n, K, D]``), their K
     augmented copies with the same labels."""
-    x, y = features[rows], labels[rows]
+    index = np.arange(len(labels))[rows]
+    x, y = take_rows(features, index), labels[index]
     if extra is None or extra.shape[1] == 0:
         return x, y
+    if isinstance(x, RowFile):
+        raise ConfigError("features.train_views needs the training features in memory: raise head.memory_mb or set "
+                          "features.train_views: 0")
     copies = extra[rows]
     return (np.concatenate([x, copies.reshape(-1, copies.shape[-1])]),
             np.concatenate([y, np.repeat(y, copies.shape[1])]))
 
 
-def out_of_fold(family: list[Candidate], features: np.ndarray, labels: np.ndarray, fold: np.ndarray,
+def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fold: np.ndarray,
                 num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
                 log_dir: Path, extra: np.ndarray | None = None) -> dict[Candidate, np.ndarray]:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
@@ -125,7 +140,7 @@ def out_of_fold(family: list[Candidate], features: np.ndarray, labels: np.ndarra
         x, y = with_augmented(features, labels, extra, kept)
         if family[0].kind == "mlp":
             epochs = [int(c.value) for c in family]
-            snapshots = _Snapshots(features[held], epochs)
+            snapshots = _Snapshots(take_rows(features, held), epochs)
             fold_config = config.model_copy(update={"epochs": max(epochs)})
             fit_head_epochs(x, y, num_classes, fold_config, weights, log_dir, f"fold-{k}", False, [snapshots])
             for candidate in family:
@@ -133,5 +148,5 @@ def out_of_fold(family: list[Candidate], features: np.ndarray, labels: np.ndarra
             continue
         for candidate in family:
             head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir)
-            logits[candidate][held] = predict_logits(head, features[held])
+            logits[candidate][held] = predict_logits(head, take_rows(features, held))
     return logits

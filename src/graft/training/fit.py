@@ -9,7 +9,10 @@ fusion rule; ``head.selection: holdout`` keeps the previous early stopping on th
 
 from __future__ import annotations
 
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from graft.config import GraftConfig
 from graft.data.manifest import Manifest, load_manifest
 from graft.data.splits import assign_splits, check_trainable
 from graft.data.taxonomy import taxonomy_of
+from graft.errors import ConfigError
 from graft.evaluation.evaluate import ms_per_observation, score
 from graft.evaluation.metrics import fusion_rule_rows, label_indices, score_probabilities
 from graft.features.augment import augmented_names
@@ -32,10 +36,13 @@ from graft.model.classifier import Classifier
 from graft.model.fusion import softmax
 from graft.model.head import predict_logits
 from graft.progress import progress_bar
+from graft.rows import RowFile
 from graft.run import RunFiles, evaluation_part, write_data, write_model, write_out_of_fold, write_results, writing
+from graft.store import cache_root
 from graft.training.crossfit import cross_fit, final_head
 from graft.training.head import fit_head, resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, write_rows
+from graft.training.streaming import Rows
 
 
 @dataclass
@@ -67,11 +74,11 @@ def prepare_manifest(data: str | Path | Manifest, config: GraftConfig) -> tuple[
     return manifest, check_trainable(manifest)
 
 
-def labelled_features(part: Manifest, feature_set: FeatureSet, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(features, label indices) of the images of ``part`` whose label the model knows."""
+def labelled_features(part: Manifest, feature_set: FeatureSet, labels: list[str]) -> tuple[Rows, np.ndarray]:
+    """(features, label indices) of the images of ``part`` whose label the model knows (on disk if they are)."""
     index = {label: i for i, label in enumerate(labels)}
     known = [r for r in part if r.label in index]
-    return feature_set.rows_for([r.path for r in known]), np.array([index[r.label] for r in known], dtype=np.int64)
+    return feature_set.rows_view([r.path for r in known]), np.array([index[r.label] for r in known], dtype=np.int64)
 
 
 def fit(
@@ -96,7 +103,31 @@ def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig
               progress: bool) -> tuple[dict[str, Any], list[str], list[str]]:
     """Extraction, head, calibration, scoring and writing, while ``fit`` holds the run directory."""
     classifier = Classifier(backbone, nn.Identity(), [], config, taxonomy=taxonomy_of(manifest, config.data.taxonomy))
-    feature_set = classifier.manifest_features(manifest, progress)
+    with _feature_rows(manifest, backbone, config) as rows_to:
+        feature_set = classifier.manifest_features(manifest, progress, tta=(), rows_to=rows_to)
+        return _fit_on(files, manifest, classifier, feature_set, config, progress)
+
+
+@contextmanager
+def _feature_rows(manifest: Manifest, backbone, config: GraftConfig) -> Iterator[Path | None]:
+    """Where the training features go when they are too large for memory (``head.memory_mb``; cross-fitting only):
+    a row file in a temporary directory of the cache root - the disk the user gave the features - removed after."""
+    size_mb = len(manifest) * backbone.num_features * 4 / 2**20
+    if config.head.selection != "crossfit" or size_mb <= config.head.memory_mb:
+        yield None
+        return
+    if config.features.train_views:
+        raise ConfigError(f"features.train_views needs the training features in memory ({size_mb:.0f} MB > "
+                          f"head.memory_mb {config.head.memory_mb:g}): raise head.memory_mb or set train_views 0")
+    root = cache_root(config.features.cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix="rows-") as directory:
+        yield Path(directory) / "features.npy"
+
+
+def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature_set: FeatureSet, config: GraftConfig,
+            progress: bool) -> tuple[dict[str, Any], list[str], list[str]]:
+    backbone = classifier.backbone
     manifest = manifest.without(feature_set.failures)
     warnings_after = check_trainable(manifest)  # stops here if skipped images leave too little
     evaluated = evaluation_part(manifest)
@@ -127,6 +158,7 @@ def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig
         "backbone": backbone.name,
         "head": trained.config.head.kind,
         "features_extracted": feature_set.extracted,
+        "features_streamed": isinstance(feature_set.features, RowFile),  # head.memory_mb exceeded: read from disk
         "extraction_seconds": round(feature_set.seconds, 3),
         "head_epochs": len(trained.history),
         "n_train_images": len(manifest) - len(evaluated),
@@ -184,7 +216,7 @@ def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], co
                        None, results, notes)
 
 
-def _history(files: RunFiles, head: nn.Module, log: Path | None, x: np.ndarray, y: np.ndarray) -> list[dict[str, str]]:
+def _history(files: RunFiles, head: nn.Module, log: Path | None, x: Rows, y: np.ndarray) -> list[dict[str, str]]:
     """The final head's epochs (MLP: Lightning's log; the other kinds are fitted in one go: one row)."""
     if log is not None:
         return merge_epoch_rows(log, files.history)

@@ -22,7 +22,9 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from graft.config import HeadConfig
 from graft.errors import ConfigError
 from graft.model.head import build_head
+from graft.rows import RowFile
 from graft.training.lightning import make_trainer, quiet_lightning
+from graft.training.streaming import MinibatchStream, Rows, fit_standardize
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -132,7 +134,7 @@ def fit_head(
     return HeadFit(module.head, csv_path, best_epoch, trainer.current_epoch, seconds, refit_epochs, holdout_head)
 
 
-def fit_head_epochs(features: np.ndarray, labels: np.ndarray, num_classes: int, config: HeadConfig,
+def fit_head_epochs(features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
                     weights: torch.Tensor | None, log_dir: Path, version: str, progress: bool = False,
                     callbacks: list | None = None) -> tuple[nn.Sequential, Path]:
     """The MLP trained for exactly ``config.epochs`` epochs on all of (features, labels), no validation: the
@@ -147,7 +149,7 @@ def _module(train: tuple[np.ndarray, np.ndarray], num_classes: int, config: Head
             weights: torch.Tensor | None) -> HeadModule:
     L.seed_everything(config.seed, verbose=False)
     head = build_head(train[0].shape[1], num_classes, config)
-    head[0].fit(torch.as_tensor(train[0], dtype=torch.float32))
+    fit_standardize(head[0], train[0])
     return HeadModule(head, config, weights)
 
 
@@ -156,10 +158,12 @@ def _tensors(part: tuple[np.ndarray, np.ndarray]) -> TensorDataset:
 
 
 def _train(module, train, val, epochs, config, log_dir, version, callbacks, progress) -> L.Trainer:
-    # whole batches are sliced out of the tensors at once (no per-row indexing + collate: ~2x faster epochs)
-    train_set = _tensors(train)
-    train_loader = DataLoader(train_set, batch_size=None,
-                              sampler=BatchSampler(RandomSampler(train_set), config.batch_size, drop_last=False))
+    if isinstance(train[0], RowFile):  # features on disk: minibatches block by block
+        train_loader = DataLoader(MinibatchStream(*train, config.batch_size, config.seed), batch_size=None)
+    else:  # whole batches are sliced out of the tensors at once (no per-row indexing + collate: ~2x faster epochs)
+        train_set = _tensors(train)
+        train_loader = DataLoader(train_set, batch_size=None,
+                                  sampler=BatchSampler(RandomSampler(train_set), config.batch_size, drop_last=False))
     val_loader = DataLoader(_tensors(val), batch_size=None, sampler=BatchSampler(SequentialSampler(range(len(val[1]))),
                             1024, drop_last=False)) if val is not None else None
     with quiet_lightning():

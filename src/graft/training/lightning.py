@@ -36,6 +36,7 @@ class quiet_lightning:
         warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")  # the refit trains without validation
         warnings.filterwarnings("ignore", ".*in eval mode at the start of training.*")  # frozen BatchNorm, on purpose
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")  # one process reads it
 
     def __exit__(self, *exc):
         self._warnings.__exit__(*exc)

@@ -1,0 +1,120 @@
+"""Head training on features that stay on disk: the same heads as in memory, fed one block of a row file at a time.
+
+``graft fit`` streams when the training features exceed ``head.memory_mb`` (:mod:`graft.rows` says why the reads are
+``pread``, not a memory map). What changes against the in-memory path, and why it is the same model:
+  standardisation  mean and std accumulated block by block in float64 (equal to the in-memory ones within 1e-6)
+  prototype        per-class sums of the normalised rows: the same prototypes
+  linear           multinomial logistic regression with scikit-learn's objective - class-weighted cross-entropy
+                   plus ``|W|^2 / 2C`` - minimised by full-batch L-BFGS whose every loss/gradient evaluation is one
+                   pass over the blocks (scikit-learn needs the whole matrix in memory)
+  mlp              minibatches drawn block by block, blocks in a new random order each epoch and rows shuffled
+                   within each ("shuffled by chunk"); with one block it is an ordinary shuffle
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import IterableDataset
+
+from graft.model.head import Prototypes, Standardize
+from graft.rows import RowFile
+
+Rows = np.ndarray | RowFile  # [n, D] features: in memory, or a row file (or a subset of one) on disk
+
+
+def take_rows(rows: Rows, index: np.ndarray) -> Rows:
+    """Rows ``index`` (positions or a boolean mask): a copy in memory, a view (nothing read) on disk."""
+    index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
+    return rows.subset(index) if isinstance(rows, RowFile) else rows[index]
+
+
+def blocks_of(rows: Rows, indices: np.ndarray | None = None,
+              seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(indices, rows)`` in blocks: a row file's own blocks; an array in one piece (it is in memory already)."""
+    if isinstance(rows, RowFile):
+        yield from rows.blocks(indices, seed)
+        return
+    wanted = np.arange(len(rows)) if indices is None else np.asarray(indices)
+    if seed is not None:
+        wanted = np.random.default_rng(seed).permutation(wanted)
+    yield wanted, rows[wanted]
+
+
+def fit_standardize(layer: Standardize, rows: Rows) -> None:
+    """The head's standardisation statistics, from memory (torch) or block by block (float64)."""
+    if isinstance(rows, RowFile):
+        mean, std = rows.moments()
+        layer.set_statistics(torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32),
+                             len(rows))
+    else:
+        layer.fit(torch.as_tensor(rows, dtype=torch.float32))
+
+
+def fit_prototypes(standardize: Standardize, prototypes: Prototypes, rows: RowFile, labels: np.ndarray) -> None:
+    """Each class's prototype: the normalised sum of its normalised, standardised rows (= :meth:`Prototypes.fit`)."""
+    sums = torch.zeros_like(prototypes.prototypes)
+    with torch.no_grad():
+        for index, block in rows.blocks():
+            unit = nn.functional.normalize(standardize(torch.from_numpy(block)), dim=1)
+            sums.index_add_(0, torch.as_tensor(labels[index]), unit)
+        present = sums.norm(dim=1) > 0
+        prototypes.prototypes.copy_(torch.where(present[:, None], nn.functional.normalize(sums, dim=1), 0.0))
+
+
+def fit_linear(standardize: Standardize, linear: nn.Linear, rows: RowFile, labels: np.ndarray, c: float,
+               weights: torch.Tensor | None, absent: float, max_iter: int = 300) -> None:
+    """Multinomial logistic regression over the classes present in ``labels``, on standardised rows read block by
+    block; the absent classes get logit ``absent`` (as the in-memory head does)."""
+    present = np.unique(labels)
+    remap = np.full(linear.out_features, -1)
+    remap[present] = np.arange(len(present))
+    weight = torch.zeros(len(present), rows.dim, requires_grad=True)
+    bias = torch.zeros(len(present), requires_grad=True)
+    class_weight = weights[present].float() if weights is not None else None
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-3,
+                                  tolerance_change=1e-9, history_size=10, line_search_fn="strong_wolfe")
+    n = len(rows)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        total = (weight**2).sum() / (2 * c * n)
+        total.backward()
+        total = total.detach()
+        for index, block in rows.blocks():
+            with torch.no_grad():
+                x = standardize(torch.from_numpy(block))
+            target = torch.as_tensor(remap[labels[index]])
+            loss = nn.functional.cross_entropy(x @ weight.T + bias, target, weight=class_weight, reduction="sum") / n
+            loss.backward()
+            total = total + loss.detach()
+        return total
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.fill_(absent)
+        linear.weight[torch.as_tensor(present)] = weight.detach()
+        linear.bias[torch.as_tensor(present)] = bias.detach()
+
+
+class MinibatchStream(IterableDataset):
+    """``(features, labels)`` minibatches of a row file for Lightning: a fresh block order each epoch (seeded by the
+    head's seed and the epoch), minibatches cut within blocks."""
+
+    def __init__(self, rows: RowFile, labels: np.ndarray, batch_size: int, seed: int):
+        self.rows, self.labels, self.batch_size, self.seed, self.epoch = rows, labels, batch_size, seed, 0
+        self.batches = sum(-(-size // batch_size) for size in rows.block_sizes())
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        self.epoch += 1
+        for index, block in self.rows.blocks(seed=self.seed * 100_003 + self.epoch):
+            for start in range(0, len(index), self.batch_size):
+                part = slice(start, start + self.batch_size)
+                yield torch.from_numpy(np.array(block[part])), torch.as_tensor(self.labels[index[part]])

@@ -1,0 +1,108 @@
+"""Head training that streams (issue 14): the heads trained from a row file on disk are the in-memory heads."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graft.config import GraftConfig, HeadConfig
+from graft.errors import ConfigError
+from graft.model.head import predict_logits
+from graft.rows import write_rows
+from graft.training.families import Candidate, fit_head_of, out_of_fold
+from graft.training.fit import fit
+from graft.training.streaming import MinibatchStream
+
+
+def blobs(n: int = 600, classes: int = 6, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    return (rng.normal(size=(classes, dim))[labels] * 2 + rng.normal(size=(n, dim)) + 50).astype(np.float32), labels
+
+
+def sklearn_objective(head: nn.Sequential, x: np.ndarray, y: np.ndarray, c: float) -> float:
+    """scikit-learn's logistic-regression objective (mean cross-entropy + |W|^2 / 2Cn) at a fitted linear head."""
+    with torch.no_grad():
+        logits = head[1](head[0](torch.as_tensor(x)))
+        loss = nn.functional.cross_entropy(logits, torch.as_tensor(y))
+        return float(loss + (head[1].weight**2).sum() / (2 * c * len(y)))
+
+
+def test_standardisation_and_prototypes_from_disk_equal_the_in_memory_ones(tmp_path):
+    x, y = blobs()
+    on_disk = write_rows(tmp_path / "x.npy", x)
+    memory, _ = fit_head_of("prototype", x, y, 6, HeadConfig(), None, tmp_path)
+    streamed, _ = fit_head_of("prototype", on_disk, y, 6, HeadConfig(), None, tmp_path)
+    assert torch.allclose(memory[0].mean, streamed[0].mean, atol=1e-4)
+    assert torch.allclose(memory[0].std, streamed[0].std, rtol=1e-4)
+    assert np.allclose(predict_logits(memory, x), predict_logits(streamed, on_disk), atol=1e-3)
+
+
+def test_streamed_linear_head_solves_scikit_learns_problem(tmp_path):
+    x, y = blobs(n=400, seed=1)
+    y[y == 5] = 4  # a class the data lacks must stay impossible, as in memory
+    on_disk = write_rows(tmp_path / "x.npy", x)
+    config = HeadConfig(c=0.1)
+    memory, _ = fit_head_of("linear", x, y, 6, config, None, tmp_path)
+    streamed, _ = fit_head_of("linear", on_disk, y, 6, config, None, tmp_path)
+    assert sklearn_objective(streamed, x, y, 0.1) <= sklearn_objective(memory, x, y, 0.1) + 1e-3
+    assert (predict_logits(streamed, x).argmax(1) == predict_logits(memory, x).argmax(1)).mean() >= 0.98
+    assert (predict_logits(streamed, x)[:, 5] < -20).all()
+
+
+def test_an_epoch_of_a_stream_is_every_row_once_in_a_new_order(tmp_path):
+    x, y = blobs(n=50)
+    stream = MinibatchStream(write_rows(tmp_path / "x.npy", x), y, batch_size=8, seed=0)
+    epochs = [list(stream), list(stream)]
+    assert len(epochs[0]) == len(stream) == 7
+    for batches in epochs:
+        rows = torch.cat([features for features, _ in batches]).numpy()
+        assert sorted(map(tuple, rows)) == sorted(map(tuple, x))
+        assert all(np.array_equal(y[[np.flatnonzero((x == r).all(1))[0] for r in f.numpy()]], t.numpy())
+                   for f, t in batches)
+    assert not torch.equal(epochs[0][0][0], epochs[1][0][0])
+
+
+def test_streamed_mlp_learns_like_the_in_memory_one(tmp_path):
+    x, y = blobs(n=600, seed=2)
+    on_disk = write_rows(tmp_path / "x.npy", x)
+    config = HeadConfig(width=32, epochs=8)
+    memory, _ = fit_head_of("mlp", x, y, 6, config, None, tmp_path)
+    streamed, _ = fit_head_of("mlp", on_disk, y, 6, config, None, tmp_path)
+    accuracy = [(predict_logits(h, x).argmax(1) == y).mean() for h in (memory, streamed)]
+    assert accuracy[1] > 0.9 and abs(accuracy[0] - accuracy[1]) < 0.05
+
+
+def test_out_of_fold_from_disk_equals_in_memory_for_a_deterministic_head(tmp_path):
+    x, y = blobs(n=120)
+    fold = np.arange(120) % 4
+    family = [Candidate("prototype", 20.0)]
+    memory = out_of_fold(family, x, y, fold, 6, HeadConfig(), None, tmp_path)[family[0]]
+    streamed = out_of_fold(family, write_rows(tmp_path / "x.npy", x), y, fold, 6, HeadConfig(), None,
+                           tmp_path)[family[0]]
+    assert np.allclose(memory, streamed, atol=1e-3)
+
+
+def streaming_config(config: GraftConfig, **head) -> GraftConfig:
+    return config.model_copy(update={"head": config.head.model_copy(update={"memory_mb": 0, **head})})
+
+
+def test_fit_streams_the_training_features_beyond_head_memory_mb_and_cleans_up(folder_data, tiny_config, tmp_path):
+    result = fit(folder_data, tmp_path / "run", streaming_config(tiny_config))
+    assert result.results["features_streamed"] is True
+    assert not list(Path(tiny_config.features.cache_dir).glob("rows-*"))  # the row file went with the fit
+    kept = fit(folder_data, tmp_path / "run2", tiny_config).results
+    assert kept["features_streamed"] is False
+    scores = [{k: v for k, v in row.items() if k != "seconds"} for row in
+              (result.results["head_selection"][3], kept["head_selection"][3])]
+    assert scores[0]["head"].startswith("prototype") and scores[0] == scores[1]  # the same numbers
+
+
+def test_augmented_views_with_streaming_is_refused_before_any_work(folder_data, tiny_config, tmp_path):
+    config = streaming_config(tiny_config)
+    config = config.model_copy(update={"features": config.features.model_copy(update={"train_views": 1})})
+    with pytest.raises(ConfigError, match=r"raise head\.memory_mb or set train_views 0"):
+        fit(folder_data, tmp_path / "run", config)
+    assert not (Path(tiny_config.features.cache_dir)).exists()
