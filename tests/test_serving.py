@@ -22,11 +22,12 @@ def run(folder_data, tiny_config, tmp_path):
 def ready_client(app) -> TestClient:
     client = TestClient(app)
     client.__enter__()
-    for _ in range(600):  # 30 s: loading competes for 2 cores with the rest of a full test run
-        if client.get("/health").status_code == 200:
+    for _ in range(2400):  # 120 s: loading competes for 2 cores with the rest of a full test run
+        health = client.get("/health")
+        if health.status_code == 200:
             return client
         time.sleep(0.05)
-    raise AssertionError("model never loaded")
+    raise AssertionError(f"model never loaded: {health.status_code} {health.text}")
 
 
 def png(colour=(200, 40, 40), size=(40, 40)) -> bytes:

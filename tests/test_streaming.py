@@ -8,9 +8,14 @@ import torch
 from torch import nn
 
 from graft.config import GraftConfig, HeadConfig
+from graft.data.manifest import ImageRecord
 from graft.errors import ConfigError
+from graft.evaluation.metrics import score_logits, score_probabilities
+from graft.model.fusion import softmax
 from graft.model.head import predict_logits
-from graft.rows import write_rows
+from graft.rows import RowFile, write_rows
+from graft.run import RunFiles, read_out_of_fold, write_out_of_fold
+from graft.training.crossfit import cross_fit
 from graft.training.families import Candidate, fit_head_of, out_of_fold
 from graft.training.fit import fit
 from graft.training.streaming import MinibatchStream
@@ -106,3 +111,46 @@ def test_augmented_views_with_streaming_is_refused_before_any_work(folder_data, 
     with pytest.raises(ConfigError, match=r"raise head\.memory_mb or set train_views 0"):
         fit(folder_data, tmp_path / "run", config)
     assert not (Path(tiny_config.features.cache_dir)).exists()
+
+
+def observation_records(n_observations: int, images: int, classes: int, seed: int = 0) -> list[ImageRecord]:
+    labels = np.random.default_rng(seed).integers(0, classes, n_observations)
+    return [ImageRecord(Path(f"o{o}/{i}.jpg"), f"L{labels[o]}", f"o{o}", user=f"u{o % 7}")
+            for o in range(n_observations) for i in range(images)]
+
+
+def test_scores_of_logits_on_disk_equal_the_in_memory_scores(tmp_path):
+    records = observation_records(40, 3, 5)
+    logits = np.random.default_rng(1).normal(size=(len(records), 5)).astype(np.float32) * 3
+    names = [f"L{k}" for k in range(5)]
+    on_disk = write_rows(tmp_path / "logits.npy", logits)
+    for rule in ("mean", "geometric"):
+        memory = score_probabilities(softmax(logits), records, names, rule)
+        chunked = score_logits(on_disk, records, names, rule, rows_per_chunk=10)  # 4 chunks of whole observations
+        assert chunked.keys() == memory.keys()
+        for key in ("S", "top1", "top3", "top5", "image_top1"):
+            assert chunked[key] == pytest.approx(memory[key], abs=1e-9), key
+        for key in ("n_observations", "n_images", "n_users", "fusion"):
+            assert chunked[key] == memory[key], key
+        for ours, theirs in zip(chunked["coverage"], memory["coverage"], strict=True):
+            assert ours == pytest.approx(theirs, nan_ok=True)
+
+
+def test_out_of_fold_logits_of_features_on_disk_go_to_disk_and_only_the_chosen_stay(tmp_path):
+    records = observation_records(60, 2, 4)
+    y = np.array([int(r.label[1:]) for r in records])
+    x = (np.random.default_rng(0).normal(size=(4, 8))[y] + np.random.default_rng(1).normal(size=(len(y), 8)))
+    on_disk = write_rows(tmp_path / "x.npy", x.astype(np.float32))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    config = HeadConfig(kind="linear", c_grid=[0.01, 1.0], folds=3)
+    streamed = cross_fit(on_disk, y, records, [f"L{k}" for k in range(4)], config, None, "mean", scratch=scratch)
+    memory = cross_fit(x.astype(np.float32), y, records, [f"L{k}" for k in range(4)], config, None, "mean")
+    assert isinstance(streamed.logits, RowFile) and list(scratch.iterdir()) == [streamed.logits.path]
+    assert streamed.chosen == memory.chosen
+    assert (streamed.logits.take().argmax(1) == memory.logits.argmax(1)).mean() > 0.95
+    run = RunFiles(tmp_path / "run")
+    run.root.mkdir()
+    write_out_of_fold(run, [r.path for r in records], streamed.logits, streamed.fold)
+    paths, saved = read_out_of_fold(run.root)
+    assert paths == [r.path for r in records] and np.array_equal(saved, streamed.logits.take())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ from graft.files import atomic_write, atomic_write_text
 from graft.model.classifier import Classifier
 from graft.model.ensemble import Ensemble
 from graft.model.head import build_head
+from graft.rows import RowFile
 
 # Keys every results.json carries; scripts may rely on them.
 RESULT_KEYS = ("S", "top1", "top3", "top5", "image_top1", "n_observations", "n_images", "images_per_second")
@@ -155,10 +157,20 @@ def write_data(files: RunFiles, manifest: Manifest, problems: Sequence[str]) -> 
     atomic_write_text(files.problems, "".join(f"{line}\n" for line in problems))
 
 
-def write_out_of_fold(files: RunFiles, paths: Sequence[Path], logits: np.ndarray, fold: np.ndarray) -> None:
-    """Out-of-fold logits per training image (plain arrays: loading them never unpickles anything)."""
+def write_out_of_fold(files: RunFiles, paths: Sequence[Path], logits: np.ndarray | RowFile, fold: np.ndarray) -> None:
+    """Out-of-fold logits per training image (plain arrays: loading them never unpickles anything). The file is what
+    ``np.savez`` writes; logits in a row file are copied into it a block at a time, never whole in memory."""
     def write(handle):
-        np.savez(handle, paths=np.array([str(p) for p in paths]), logits=logits.astype(np.float32), fold=fold)
+        with zipfile.ZipFile(handle, "w", allowZip64=True) as archive:
+            for name, value in (("paths", np.array([str(p) for p in paths])), ("fold", np.asarray(fold))):
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, value, allow_pickle=False)
+            with archive.open("logits.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array_header_1_0(entry, {"descr": "<f4", "fortran_order": False,
+                                                             "shape": tuple(logits.shape)})
+                blocks = logits.blocks() if isinstance(logits, RowFile) else [(None, logits)]
+                for _, block in blocks:
+                    entry.write(np.ascontiguousarray(block, np.float32).tobytes())
 
     atomic_write(files.out_of_fold, write)
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from graft.data.manifest import ImageRecord
-from graft.model.calibration import coverage_table
-from graft.model.fusion import FUSION_RULES, fuse_observations
+from graft.model.calibration import coverage_rows
+from graft.model.fusion import FUSION_RULES, fuse_observations, softmax
+from graft.rows import BLOCK_ROWS, RowFile
 
 REJECT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 UNKNOWN = -1  # index of a label the model never saw: it can never be ranked (1/rank = 0)
@@ -41,12 +43,28 @@ def top_k(ranks: Sequence[int], k: int) -> float:
     return float((ranks <= k).mean()) if len(ranks) else float("nan")
 
 
-def observation_scores(probabilities: np.ndarray, truth: np.ndarray, observations: Sequence[str],
-                       users: Sequence[str], fusion: str) -> dict[str, Any]:
-    """S and top-k per observation, top-1 per image, from per-image probabilities and true label indices.
+@dataclass
+class Outcomes:
+    """What the scores need from each observation - its rank, user, fused top score and whether that was right - so
+    a large set can be scored a chunk of whole observations at a time and the chunks' outcomes joined."""
 
-    An observation's truth and user are its first image's; a label index of ``UNKNOWN`` counts as a miss.
-    """
+    ranks: np.ndarray  # 1-based rank of the true label; inf for a label the model never saw
+    users: list[str]
+    top: np.ndarray  # fused top score
+    correct: np.ndarray  # fused top-1 is the true label
+    image_correct: int = 0  # images whose own top-1 is right
+    images: int = 0
+
+    @staticmethod
+    def join(parts: Sequence[Outcomes]) -> Outcomes:
+        return Outcomes(np.concatenate([p.ranks for p in parts]), [u for p in parts for u in p.users],
+                        np.concatenate([p.top for p in parts]), np.concatenate([p.correct for p in parts]),
+                        sum(p.image_correct for p in parts), sum(p.images for p in parts))
+
+
+def observation_outcomes(probabilities: np.ndarray, truth: np.ndarray, observations: Sequence[str],
+                         users: Sequence[str], fusion: str) -> Outcomes:
+    """Per-observation outcomes of per-image probabilities; an observation's truth and user are its first image's."""
     truth = np.asarray(truth, dtype=np.int64)
     fused = fuse_observations(probabilities, observations, fusion)
     first: dict[str, int] = {}
@@ -57,17 +75,35 @@ def observation_scores(probabilities: np.ndarray, truth: np.ndarray, observation
     known = observed_truth != UNKNOWN
     if known.any():
         ranks[known] = true_label_ranks(fused.scores[known], observed_truth[known])
-    observed_users = [users[first[o]] for o in fused.observations]
+    empty = not len(observed_truth)
+    return Outcomes(ranks, [users[first[o]] for o in fused.observations],
+                    np.zeros(0) if empty else fused.scores.max(axis=1),
+                    np.zeros(0, bool) if empty else fused.scores.argmax(axis=1) == observed_truth,
+                    int((probabilities.argmax(1) == truth).sum()) if len(truth) else 0, len(truth))
+
+
+def summarise(outcomes: Outcomes, fusion: str) -> dict[str, Any]:
+    """S, top-k, the coverage table and counts from per-observation outcomes."""
+    ranks = outcomes.ranks
     return {
-        "coverage": coverage_table(fused.scores, observed_truth, REJECT_THRESHOLDS) if len(observed_truth) else [],
-        "S": lifeclef_score(ranks, observed_users),
+        "coverage": coverage_rows(outcomes.top, outcomes.correct, REJECT_THRESHOLDS) if len(ranks) else [],
+        "S": lifeclef_score(ranks, outcomes.users),
         "top1": top_k(ranks, 1), "top3": top_k(ranks, 3), "top5": top_k(ranks, 5),
-        "image_top1": float((probabilities.argmax(1) == truth).mean()) if len(truth) else float("nan"),
-        "n_observations": len(fused.observations),
-        "n_images": len(truth),
-        "n_users": len(set(observed_users)),
+        "image_top1": outcomes.image_correct / outcomes.images if outcomes.images else float("nan"),
+        "n_observations": len(ranks),
+        "n_images": outcomes.images,
+        "n_users": len(set(outcomes.users)),
         "fusion": fusion,
     }
+
+
+def observation_scores(probabilities: np.ndarray, truth: np.ndarray, observations: Sequence[str],
+                       users: Sequence[str], fusion: str) -> dict[str, Any]:
+    """S and top-k per observation, top-1 per image, from per-image probabilities and true label indices.
+
+    An observation's truth and user are its first image's; a label index of ``UNKNOWN`` counts as a miss.
+    """
+    return summarise(observation_outcomes(probabilities, truth, observations, users, fusion), fusion)
 
 
 def label_indices(records: Sequence[ImageRecord], labels: Sequence[str]) -> np.ndarray:
@@ -82,8 +118,31 @@ def score_probabilities(probabilities: np.ndarray, records: Sequence[ImageRecord
                               [r.user for r in records], fusion)
 
 
-def fusion_rule_rows(probabilities: np.ndarray, records: Sequence[ImageRecord], labels: Sequence[str]) -> dict:
-    """The same predictions scored under every fusion rule, so a user can pick the rule on held-out data."""
+def score_logits(logits: np.ndarray | RowFile, records: Sequence[ImageRecord], labels: Sequence[str],
+                 fusion: str, rows_per_chunk: int = BLOCK_ROWS) -> dict[str, Any]:
+    """:func:`score_probabilities` of ``softmax(logits)``. Logits in a row file (out-of-fold logits of a large
+    training part: images x classes floats) are read a chunk of whole observations at a time; the scores are the
+    same as in memory, since every score is a function of per-observation outcomes."""
+    if not isinstance(logits, RowFile):
+        return score_probabilities(softmax(logits), records, labels, fusion)
+    truth = label_indices(records, labels)
+    groups: dict[str, list[int]] = {}
+    for row, record in enumerate(records):
+        groups.setdefault(record.observation, []).append(row)
+    parts, chunk = [], []
+    for rows in [*groups.values(), None]:
+        if chunk and (rows is None or len(chunk) + len(rows) > rows_per_chunk):
+            index = np.array(chunk)
+            parts.append(observation_outcomes(softmax(logits.take(index)), truth[index],
+                                              [records[i].observation for i in chunk],
+                                              [records[i].user for i in chunk], fusion))
+            chunk = []
+        chunk += rows or []
+    return summarise(Outcomes.join(parts) if parts else Outcomes(np.zeros(0), [], np.zeros(0), np.zeros(0, bool)),
+                     fusion)
+
+
+def fusion_rule_rows(logits: np.ndarray | RowFile, records: Sequence[ImageRecord], labels: Sequence[str]) -> dict:
+    """The same predictions (logits) scored under every fusion rule, so a user can pick the rule on held-out data."""
     keys = ("S", "top1", "top3", "top5")
-    return {rule: {k: score_probabilities(probabilities, records, labels, rule)[k] for k in keys}
-            for rule in FUSION_RULES}
+    return {rule: {k: score_logits(logits, records, labels, rule)[k] for k in keys} for rule in FUSION_RULES}

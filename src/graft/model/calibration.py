@@ -51,8 +51,11 @@ def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> fl
 
 def coverage_table(scores: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]) -> list[dict[str, float]]:
     """For each threshold: the share of observations answered (top score >= threshold) and their top-1 accuracy."""
-    top = scores.max(axis=1)
-    correct = scores.argmax(axis=1) == truth
+    return coverage_rows(scores.max(axis=1), scores.argmax(axis=1) == truth, thresholds)
+
+
+def coverage_rows(top: np.ndarray, correct: np.ndarray, thresholds: Sequence[float]) -> list[dict[str, float]]:
+    """:func:`coverage_table` from each observation's top score and whether its top-1 was right."""
     rows = []
     for threshold in thresholds:
         answered = top >= threshold

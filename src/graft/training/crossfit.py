@@ -23,8 +23,8 @@ from torch import nn
 
 from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
-from graft.evaluation.metrics import score_probabilities
-from graft.model.fusion import softmax
+from graft.evaluation.metrics import score_logits
+from graft.rows import RowFile
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
 from graft.training.streaming import Rows
 
@@ -56,7 +56,7 @@ class Selection:
 
     chosen: Candidate
     rows: list[dict[str, Any]]  # one per candidate: its out-of-fold scores and seconds
-    logits: np.ndarray  # [n, C] out-of-fold logits of the chosen candidate, rows as the training records
+    logits: Rows  # [n, C] out-of-fold logits of the chosen candidate, rows as the training records
     fold: np.ndarray
 
     def table(self) -> str:
@@ -67,9 +67,11 @@ class Selection:
 
 
 def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord], label_names: list[str],
-              config: HeadConfig, weights: torch.Tensor | None, fusion: str, extra: np.ndarray | None = None) -> Selection:
+              config: HeadConfig, weights: torch.Tensor | None, fusion: str, extra: np.ndarray | None = None,
+              scratch: Path | None = None) -> Selection:
     """Score every candidate out of fold and pick the best S (ties: the first, i.e. the simpler family).
-    ``extra``: cached augmented views ``[n, K, D]`` of the rows, trained on with them, never scored."""
+    ``extra``: cached augmented views ``[n, K, D]`` of the rows, trained on with them, never scored. ``scratch``:
+    where out-of-fold logits of features on disk go (row files; the chosen one's outlives the call)."""
     fold = fold_of(records, config.folds, config.seed)
     images_per_class = len(labels) / max(1, len(np.unique(labels)))
     families: dict[str, list[Candidate]] = {}
@@ -81,14 +83,17 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as fold_logs:  # the folds' heads are thrown away, and so are their logs
             found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs),
-                                extra)
+                                extra, scratch)
         seconds = (time.perf_counter() - start) / len(family)
         for candidate, oof in found.items():
-            scores = score_probabilities(softmax(oof), records, label_names, fusion)
+            scores = score_logits(oof, records, label_names, fusion)
             rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
                          **{k: scores[k] for k in ("S", "top1", "top3", "top5")}, "seconds": round(seconds, 2)})
             if scores["S"] > chosen_s:  # ties keep the first, i.e. the simpler family
-                chosen, chosen_logits, chosen_s = candidate, oof, scores["S"]
+                oof, chosen_logits = chosen_logits, oof
+                chosen, chosen_s = candidate, scores["S"]
+            if isinstance(oof, RowFile):  # the one not kept
+                oof.path.unlink()
         del found  # only the leader's [n, C] logits are kept: 7 candidates' would be 7 x n x C floats
     return Selection(chosen, rows, chosen_logits, fold)
 

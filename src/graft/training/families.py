@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +20,10 @@ from torch import nn
 
 from graft.config import HeadConfig
 from graft.errors import ConfigError
-from graft.model.head import build_head, predict_logits
+from graft.model.head import build_head
 from graft.rows import RowFile
 from graft.training.head import HeadModule, fit_head_epochs
-from graft.training.streaming import Rows, fit_linear, fit_prototypes, fit_standardize, take_rows
+from graft.training.streaming import LogitSink, Rows, fit_linear, fit_prototypes, fit_standardize, take_rows
 
 ABSENT = -30.0  # logit of a class a fold's training part lacks: it can never be the answer there
 
@@ -102,14 +101,14 @@ def _fit_linear(linear: nn.Linear, x: np.ndarray, labels: np.ndarray, c: float, 
 
 
 class _Snapshots(Callback):
-    """Logits of held-out features as training passes each epoch count of the grid."""
+    """Logits of held-out features (rows ``positions``) into each epoch count's sink as training passes it."""
 
-    def __init__(self, features: Rows, epochs: Sequence[int]):
-        self.features, self.epochs, self.logits = features, set(epochs), {}
+    def __init__(self, features: Rows, positions: np.ndarray, sinks: dict[int, LogitSink]):
+        self.features, self.positions, self.sinks = features, positions, sinks
 
     def on_train_epoch_end(self, trainer, module: HeadModule):
-        if trainer.current_epoch + 1 in self.epochs:
-            self.logits[trainer.current_epoch + 1] = predict_logits(module.head, self.features)
+        if trainer.current_epoch + 1 in self.sinks:
+            self.sinks[trainer.current_epoch + 1].put(module.head, self.features, self.positions)
             module.head.train()
 
 
@@ -131,22 +130,23 @@ def with_augmented(features: Rows, labels: np.ndarray, extra: np.ndarray | None,
 
 def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fold: np.ndarray,
                 num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
-                log_dir: Path, extra: np.ndarray | None = None) -> dict[Candidate, np.ndarray]:
+                log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None) -> dict[Candidate, Rows]:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
-    (nor any augmented view of it: ``extra`` rows train with their originals' fold)."""
-    logits = {candidate: np.zeros((len(labels), num_classes), np.float32) for candidate in family}
+    (nor any augmented view of it: ``extra`` rows train with their originals' fold). Features on disk get their
+    logits on disk too, as row files in ``scratch``."""
+    on_disk = scratch is not None and isinstance(features, RowFile)
+    sinks = {c: LogitSink(len(labels), num_classes, scratch / f"oof-{c.kind}-{c.value:g}.npy" if on_disk else None)
+             for c in family}
     for k in np.unique(fold):
         held, kept = fold == k, fold != k
+        positions, held_rows = np.flatnonzero(held), take_rows(features, held)
         x, y = with_augmented(features, labels, extra, kept)
         if family[0].kind == "mlp":
-            epochs = [int(c.value) for c in family]
-            snapshots = _Snapshots(take_rows(features, held), epochs)
-            fold_config = config.model_copy(update={"epochs": max(epochs)})
+            snapshots = _Snapshots(held_rows, positions, {int(c.value): sinks[c] for c in family})
+            fold_config = config.model_copy(update={"epochs": max(snapshots.sinks)})
             fit_head_epochs(x, y, num_classes, fold_config, weights, log_dir, f"fold-{k}", False, [snapshots])
-            for candidate in family:
-                logits[candidate][held] = snapshots.logits[int(candidate.value)]
             continue
         for candidate in family:
             head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir)
-            logits[candidate][held] = predict_logits(head, take_rows(features, held))
-    return logits
+            sinks[candidate].put(head, held_rows, positions)
+    return {candidate: sink.result() for candidate, sink in sinks.items()}

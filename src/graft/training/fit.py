@@ -27,7 +27,7 @@ from graft.data.splits import assign_splits, check_trainable
 from graft.data.taxonomy import taxonomy_of
 from graft.errors import ConfigError
 from graft.evaluation.evaluate import ms_per_observation, score
-from graft.evaluation.metrics import fusion_rule_rows, label_indices, score_probabilities
+from graft.evaluation.metrics import fusion_rule_rows, label_indices, score_logits
 from graft.features.augment import augmented_names
 from graft.features.backbones import create_backbone
 from graft.features.extract import FeatureSet, extract_features
@@ -42,7 +42,9 @@ from graft.store import cache_root
 from graft.training.crossfit import cross_fit, final_head
 from graft.training.head import fit_head, resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, write_rows
-from graft.training.streaming import Rows
+from graft.training.streaming import Rows, blocks_of
+
+CALIBRATION_ROWS = 200_000  # out-of-fold rows the temperature is fitted on, at most
 
 
 @dataclass
@@ -197,32 +199,44 @@ def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], co
     extra = augmented.rows_for([r.path for r in records])[:, 1:] if augmented is not None else None
     weights = resolve_class_weights(config.head.class_weights, labels, y)
     fusion = config.predict.fusion
-    selection = cross_fit(x, y, records, labels, config.head, weights, fusion, extra)
+    scratch = x.path.parent if isinstance(x, RowFile) else None  # streaming: logits go beside the features
+    selection = cross_fit(x, y, records, labels, config.head, weights, fusion, extra, scratch)
     head, resolved, log = final_head(selection, x, y, len(labels), config.head, weights, files.root, progress, extra)
     write_out_of_fold(files, [r.path for r in records], selection.logits, selection.fold)
-    probabilities = softmax(selection.logits)
-    out_of_fold = score_probabilities(probabilities, records, labels, fusion)
+    out_of_fold = score_logits(selection.logits, records, labels, fusion)
     results = {
         "head_selection": selection.rows,
         "out_of_fold": {k: out_of_fold[k] for k in ("S", "top1", "top3", "top5", "image_top1", "n_images")},
         "coverage_out_of_fold": out_of_fold["coverage"],
-        "fusion_rules_out_of_fold": fusion_rule_rows(probabilities, records, labels),
+        "fusion_rules_out_of_fold": fusion_rule_rows(selection.logits, records, labels),
         "head_seconds": round(time.perf_counter() - start, 3),
     }
     history = _history(files, head, log, x, y)
     notes = [f"Head chosen by out-of-fold S over {config.head.folds} folds of the training part "
              f"({len(records)} images), grouped by observation:\n\n{selection.table()}"]
-    return TrainedHead(head, config.model_copy(update={"head": resolved}), (selection.logits, y), history,
-                       None, results, notes)
+    return TrainedHead(head, config.model_copy(update={"head": resolved}), _calibration_sample(selection.logits, y),
+                       history, None, results, notes)
+
+
+def _calibration_sample(logits: Rows, labels: np.ndarray, limit: int = CALIBRATION_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """The out-of-fold (logits, labels) the temperature is fitted on: all of them in memory; from disk, a seeded
+    sample of ``limit`` rows (one scalar needs far fewer, and n x C logits need not fit in memory)."""
+    if not isinstance(logits, RowFile) or len(labels) <= limit:
+        return np.asarray(logits.take() if isinstance(logits, RowFile) else logits), labels
+    rows = np.sort(np.random.default_rng(0).choice(len(labels), limit, replace=False))
+    return logits.take(rows), labels[rows]
 
 
 def _history(files: RunFiles, head: nn.Module, log: Path | None, x: Rows, y: np.ndarray) -> list[dict[str, str]]:
     """The final head's epochs (MLP: Lightning's log; the other kinds are fitted in one go: one row)."""
     if log is not None:
         return merge_epoch_rows(log, files.history)
-    logits = torch.as_tensor(predict_logits(head, x))
-    loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(y)))
-    accuracy = float((logits.argmax(1).numpy() == y).mean())
+    loss = correct = 0.0
+    for index, block in blocks_of(x):  # a block at a time: the logits of a large training part are n x C floats
+        logits = torch.as_tensor(predict_logits(head, block))
+        loss += float(nn.functional.cross_entropy(logits, torch.as_tensor(y[index]), reduction="sum"))
+        correct += float((logits.argmax(1).numpy() == y[index]).sum())
+    loss, accuracy = loss / max(len(y), 1), correct / max(len(y), 1)
     return write_rows([{"epoch": "0", "train_loss": f"{loss:.6f}", "train_acc": f"{accuracy:.6f}"}], files.history)
 
 
@@ -236,9 +250,9 @@ def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], con
     head_fit = fit_head(train, val, len(labels), config.head, files.root, progress,
                         refit=config.head.refit and bool(manifest.where("test").records),
                         weights=resolve_class_weights(config.head.class_weights, labels, train[1]))
-    val_probabilities = softmax(predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part])))
+    val_logits = predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part]))
     held_out = None if head_fit.refit_epochs else (predict_logits(head_fit.holdout_head, val[0]), val[1])
-    results = {"fusion_rules_on_val": fusion_rule_rows(val_probabilities, val_part.records, labels),
+    results = {"fusion_rules_on_val": fusion_rule_rows(val_logits, val_part.records, labels),
                "head_seconds": round(head_fit.seconds, 3), "head_best_epoch": head_fit.best_epoch + 1,
                "head_refit_epochs": head_fit.refit_epochs}
     history = merge_epoch_rows(head_fit.metrics_csv, files.history)

@@ -14,14 +14,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
-from graft.model.head import Prototypes, Standardize
-from graft.rows import RowFile
+from graft.model.head import Prototypes, Standardize, predict_logits
+from graft.rows import RowFile, RowWriter
 
 Rows = np.ndarray | RowFile  # [n, D] features: in memory, or a row file (or a subset of one) on disk
 
@@ -99,6 +100,27 @@ def fit_linear(standardize: Standardize, linear: nn.Linear, rows: RowFile, label
         linear.bias.fill_(absent)
         linear.weight[torch.as_tensor(present)] = weight.detach()
         linear.bias[torch.as_tensor(present)] = bias.detach()
+
+
+class LogitSink:
+    """``[n, C]`` logits filled a block of rows at a time: an array, or (``path``) a row file, since out-of-fold
+    logits of a large training part - images x classes floats - can outgrow memory as surely as its features."""
+
+    def __init__(self, rows: int, classes: int, path: Path | None = None):
+        self.array = np.zeros((rows, classes), np.float32) if path is None else None
+        self.writer = RowWriter(path, rows, classes) if path is not None else None
+
+    def put(self, head: nn.Module, features: Rows, positions: np.ndarray) -> None:
+        """``head``'s logits for ``features``, which are the rows ``positions`` of the whole table."""
+        for index, block in blocks_of(features):
+            logits = predict_logits(head, block)
+            if self.writer is None:
+                self.array[positions[index]] = logits
+            else:
+                self.writer.write(positions[index], logits)
+
+    def result(self) -> Rows:
+        return self.array if self.writer is None else self.writer.close()
 
 
 class MinibatchStream(IterableDataset):
