@@ -44,7 +44,7 @@ def head_worker(rows: int, streamed: bool, directory: Path) -> dict:
     config = HeadConfig(folds=3, c_grid=[0.1], epoch_grid=[3], epochs=3, batch_size=512)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    selection = cross_fit(features, labels, records, names, config, None, "mean")
+    selection = cross_fit(features, labels, records, names, config, None, "mean", scratch=directory if streamed else None)
     final_head(selection, features, labels, CLASSES, config, None, directory)
     return {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": before,
             "seconds": time.perf_counter() - start, "chosen": selection.chosen.name}
