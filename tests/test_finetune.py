@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -259,3 +260,44 @@ def test_a_failing_compile_falls_back_to_eager_with_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         torch.testing.assert_close(module.training_forward(images), first)
+
+
+class SlowAfterEpoch(Callback):
+    """Makes the budget run out at a known point: after epoch ``epoch``'s validation, every batch takes a second."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.current_epoch >= self.epoch:
+            import time
+
+            time.sleep(1.0)
+
+
+def test_a_time_budget_stops_training_and_keeps_the_best_finished_epoch(run):
+    settings = overrides(**{"finetune.epochs": 5, "finetune.max_minutes": 0.5 / 60, "finetune.patience": 10})
+    result = finetune(run, settings, progress=False, callbacks=[SlowAfterEpoch(1)])
+    assert result.epochs < 5 and result.kept in ("finetuned", "head-only") and history_epochs(run)[0] == "0"
+
+
+def test_a_budget_spent_inside_the_first_epoch_still_validates_what_was_trained(run):
+    settings = overrides(**{"finetune.epochs": 5, "finetune.max_minutes": 0.5 / 60})
+    result = finetune(run, settings, progress=False, callbacks=[SlowAfterEpoch(0)])
+    assert history_epochs(run) == ["0"] and result.kept in ("finetuned", "head-only")
+
+
+def test_with_a_test_part_the_kept_model_is_chosen_on_validation_never_on_test(folder_data, tiny_config, tmp_path):
+    rows = ["path,label,split"] + [f"{p.relative_to(folder_data)},{p.parent.name},{'test' if i % 4 == 0 else ''}"
+                                   for i, p in enumerate(sorted(folder_data.rglob("*.png")))]
+    (folder_data / "list.csv").write_text("\n".join(rows) + "\n")
+    config = tiny_config.updated({"finetune.batch_size": 6, "finetune.num_workers": 0})
+    fit(folder_data / "list.csv", tmp_path / "run", config)
+    result = finetune(tmp_path / "run", overrides(**{"finetune.lr": 0.001}), progress=False)
+    chosen = result.finetuned
+    assert result.finetuned["evaluated_on"] == "test"
+    assert chosen["choice_basis"] == "validation split (head-only: its out-of-fold predictions)"
+    assert result.kept == ("finetuned" if chosen["finetuned_val_S"] > chosen["head_only_val_S"] else "head-only")
+    lines = (tmp_path / "run" / "finetune-history.csv").read_text().splitlines()
+    history = {int(r["epoch"]): float(r["val_S"]) for r in csv.DictReader(lines)}
+    assert chosen["finetuned_val_S"] == pytest.approx(history[chosen["best_epoch"] - 1])

@@ -149,6 +149,9 @@ class FineTuneConfig(_Section):
     """Stage 4: the head on the backbone, the whole network trained further with SGD at a low learning rate."""
 
     epochs: int = Field(10, ge=1)
+    max_minutes: float | None = Field(
+        None, gt=0, description="Wall-clock budget: training stops when it runs out and the best finished epoch is "
+        "kept (minutes x cores = CPU minutes). None = no budget.")
     lr: float = Field(
         1e-4, gt=0, description="SGD LR; 1e-3 (momentum 0.9, batch 16) wrecked the Lite0 head on leafsnap in 1 epoch."
     )

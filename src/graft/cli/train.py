@@ -89,6 +89,7 @@ def _print_run(result) -> None:
 def finetune(
     run: Annotated[Path, typer.Argument(help="Run directory written by `graft fit` (its head is the start).")],
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes; the best epoch is kept.")] = None,
     lr: Annotated[float | None, typer.Option(help="SGD learning rate (low: adjust, not overwrite).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning from its last checkpoint.")] = False,
     batch_size: Annotated[int | None, typer.Option(help="Images per step (per device).")] = None,
@@ -108,7 +109,7 @@ def finetune(
     from graft.training.finetune import finetune as finetune_run
 
     overrides = {
-        "finetune.epochs": epochs, "finetune.lr": lr, "finetune.batch_size": batch_size,
+        "finetune.epochs": epochs, "finetune.max_minutes": max_minutes, "finetune.lr": lr, "finetune.batch_size": batch_size,
         "finetune.train_blocks": train_blocks, "finetune.backbone_lr_scale": backbone_lr_scale,
         "finetune.freeze_bn": freeze_bn, "finetune.min_vote": min_vote, "head.class_weights": class_weights,
         "finetune.precision": precision, "finetune.channels_last": channels_last, "finetune.num_workers": workers,

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from graft.config import GraftConfig
 from graft.data.manifest import ImageRecord, Manifest
 from graft.errors import ConfigError, DataError, RunError
 from graft.evaluation.evaluate import score
+from graft.evaluation.metrics import score_logits
 from graft.features.augment import training_transform
 from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
 from graft.features.preparation import Preparation
@@ -35,6 +37,7 @@ from graft.run import (
     evaluation_part,
     load_run,
     read_manifest,
+    read_out_of_fold,
     read_results,
     write_config,
     write_json,
@@ -101,6 +104,8 @@ def finetune(
                        f"run `graft finetune {files.root}` without --resume")
     if resume:
         files.keep_finetune_log()
+    else:  # an earlier fine-tuning's best epoch must never be taken for this one's (a budget can end before any)
+        files.best_checkpoint.unlink(missing_ok=True)
     with quiet_lightning():
         trainer = _trainer(files, config, progress, list(callbacks))
         # weights_only: a checkpoint is data; one that needs unpickling code is refused, never run
@@ -121,6 +126,8 @@ def finetune(
 
 def _best_checkpoint(files: RunFiles) -> dict[str, Any]:
     """The best epoch's weights, from the path graft names (never a path read out of a checkpoint), as data only."""
+    if not files.best_checkpoint.is_file():
+        raise RunError(f"fine-tuning ended before any epoch was validated: {files.root} stays head-only")
     try:
         return torch.load(files.best_checkpoint, map_location="cpu", weights_only=True)
     except Exception as error:  # a tampered or foreign file: refuse it, never unpickle it
@@ -170,9 +177,10 @@ def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra:
         *extra,
     ]
     distributed = settings.devices * settings.num_nodes > 1
+    budget = timedelta(minutes=settings.max_minutes) if settings.max_minutes else None
     return make_trainer(files.root, files.finetune.name, settings.epochs, callbacks, bar, devices=settings.devices,
                         num_nodes=settings.num_nodes, strategy="ddp" if distributed else "auto",
-                        precision=settings.precision)
+                        precision=settings.precision, max_time=budget)
 
 
 @dataclass
@@ -206,7 +214,9 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
                       "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1)}
     head_only = previous.get("head_only", previous)
-    kept = "finetuned" if tuned_results["S"] > head_only["S"] else "head-only"
+    choice = _validation_choice(files, manifest, trained, history, head_only, tuned_results)
+    tuned_results |= choice
+    kept = "finetuned" if choice["finetuned_val_S"] > choice["head_only_val_S"] else "head-only"
     if kept == "finetuned":
         save_finetuned(files, tuned, trained.config)
     chosen = tuned_results if kept == "finetuned" else head_only
@@ -214,12 +224,38 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
                "head_only": head_only, "finetuned": tuned_results}
     name = trained.start.backbone.name
     rows = [("head-only", head_only), (f"fine-tuned ({trained.epochs} ep.)", tuned_results)]
-    note = (f"Backbone {name}. Kept: **{kept}** (higher S on the "
-            f"{tuned_results['evaluated_on']} split; fine-tuned ties keep head-only).")
+    note = (f"Backbone {name}. Kept: **{kept}** (higher S on the {choice['choice_basis']}: head-only "
+            f"{choice['head_only_val_S']:.4f}, fine-tuned {choice['finetuned_val_S']:.4f}; ties keep head-only). "
+            f"The {tuned_results['evaluated_on']} rows below report; they chose nothing.")
     write_results(files, results, rows, note)
     plot_curves([("head", read_rows(files.history), head_only.get("head_best_epoch", 1) - 1),
                  ("fine-tune", history, trained.best_epoch)], files.curves, f"{name}: head, then fine-tuning")
     return FineTuneResult(files.root, kept, tuned_results, head_only, trained.epochs, seconds)
+
+
+def _validation_choice(files: RunFiles, manifest: Manifest, trained: _TrainedModel, history: list[dict[str, str]],
+                       head_only: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+    """S of both models on the validation split, which decides which is kept - never the test part the run reports.
+    The fine-tuned model's is its best epoch's (it never trained on validation images); head-only's comes from its
+    out-of-fold predictions (the cross-fitted head trained on validation images too, so its own are not held out)."""
+    if tuned["evaluated_on"] != "test":  # no test part: the run is evaluated on the validation split itself
+        return {"choice_basis": "validation split", "head_only_val_S": head_only["S"], "finetuned_val_S": tuned["S"]}
+    tuned_s = float(next(row["val_S"] for row in history if int(row["epoch"]) == trained.best_epoch))
+    val = manifest.where("val")
+    start = trained.start
+    saved = read_out_of_fold(files.root)
+    if saved is not None:
+        row = {path: i for i, path in enumerate(saved[0])}
+        records = [r for r in val if r.path in row and r.label in start.labels]
+        head_s = score_logits(saved[1][[row[r.path] for r in records]], records, start.labels,
+                              start.config.predict.fusion)["S"]
+        basis = "validation split (head-only: its out-of-fold predictions)"
+    else:  # a holdout run's head may have been refit on the validation split: this favours head-only
+        feature_set = start.manifest_features(val)
+        kept = val.without(feature_set.failures)
+        head_s = score(start, kept.records, feature_set.rows_for([r.path for r in kept]))["S"]
+        basis = "validation split (head-only: the head itself, which may have seen it)"
+    return {"choice_basis": basis, "head_only_val_S": head_s, "finetuned_val_S": tuned_s}
 
 
 def save_finetuned(files: RunFiles, tuned: Classifier, config: GraftConfig) -> None:
