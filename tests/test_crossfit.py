@@ -12,7 +12,7 @@ from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
 from graft.model.fusion import softmax
 from graft.model.head import Standardize, predict_logits
-from graft.run import RunFiles, load_run, read_out_of_fold
+from graft.run import RunFiles, load_run, read_manifest, read_out_of_fold
 from graft.training.crossfit import fold_of
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
 from graft.training.fit import fit
@@ -136,3 +136,29 @@ def test_calibration_comes_from_out_of_fold_predictions_even_with_a_test_part(fo
     assert result.results["calibration"] == "temperature scaling fitted on out-of-fold predictions"
     assert load_run(tmp_path / "run").temperature == pytest.approx(result.results["temperature"], abs=1e-4)
     assert result.results["n_train_images"] == 18  # train and validation images both teach the head
+
+
+def test_fusion_auto_takes_the_best_out_of_fold_rule_only_when_it_clearly_beats_mean():
+    from graft.training.fit import chosen_fusion
+
+    rows = {"mean": {"S": 0.50}, "max": {"S": 0.505}, "geometric": {"S": 0.52}, "borda": {"S": 0.515}}
+    assert chosen_fusion(rows) == "geometric"
+    assert chosen_fusion(rows | {"geometric": {"S": 0.509}, "borda": {"S": 0.50}}) == "mean"  # +0.009 < 0.01
+
+
+def test_fit_with_fusion_auto_keeps_a_concrete_rule_chosen_out_of_fold(folder_data, tiny_config, tmp_path):
+    from graft.training.fit import chosen_fusion
+
+    config = tiny_config.updated({"predict.fusion": "auto"})
+    result = fit(folder_data, tmp_path / "run", config)
+    rule = load_run(tmp_path / "run").config.predict.fusion
+    assert rule == result.results["fusion"] == chosen_fusion(result.results["fusion_rules_out_of_fold"])
+
+
+def test_out_of_fold_rows_are_named_by_the_manifests_absolute_paths_whatever_path_fit_was_given(
+        folder_data, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(folder_data.parent)
+    fit(folder_data.name, tmp_path / "run", tiny_config)  # a relative data path, as typed on a command line
+    paths, _ = read_out_of_fold(tmp_path / "run")
+    manifest = {r.path for r in read_manifest(tmp_path / "run")}
+    assert all(p.is_absolute() for p in paths) and set(paths) <= manifest

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +156,14 @@ class RowWriter:
             self.abort()
 
 
-def write_rows(path: str | Path, rows: np.ndarray) -> RowFile:
-    """A row file holding ``rows`` (small tables and tests; large ones are written block by block)."""
-    with RowWriter(path, len(rows), rows.shape[1]) as writer:
-        writer.write(0, rows)
+def write_blocks(path: str | Path, rows: int, dim: int, blocks: Iterable[tuple[int, np.ndarray]]) -> RowFile:
+    """A row file of ``rows`` x ``dim`` from ``(first row, block)`` pairs, one block in memory at a time."""
+    with RowWriter(path, rows, dim) as writer:
+        for start, block in blocks:
+            writer.write(start, block)
     return RowFile(path)
+
+
+def write_rows(path: str | Path, rows: np.ndarray) -> RowFile:
+    """A row file holding ``rows`` (small tables and tests)."""
+    return write_blocks(path, len(rows), rows.shape[1], [(0, rows)])

@@ -162,7 +162,8 @@ def write_out_of_fold(files: RunFiles, paths: Sequence[Path], logits: np.ndarray
     ``np.savez`` writes; logits in a row file are copied into it a block at a time, never whole in memory."""
     def write(handle):
         with zipfile.ZipFile(handle, "w", allowZip64=True) as archive:
-            for name, value in (("paths", np.array([str(p) for p in paths])), ("fold", np.asarray(fold))):
+            # absolute, as in the run's manifest: readers match rows by path (a relative one would depend on the cwd)
+            for name, value in (("paths", np.array([str(Path(p).resolve()) for p in paths])), ("fold", np.asarray(fold))):
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array(entry, value, allow_pickle=False)
             with archive.open("logits.npy", "w", force_zip64=True) as entry:

@@ -13,7 +13,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,39 +25,15 @@ from graft.errors import ImageError
 from graft.features.backbones import Backbone, ConcatBackbone
 from graft.features.cache import FeatureCache
 from graft.features.engines import FeatureEngine, feature_engine
+from graft.features.feature_set import FeatureSet, concatenated, write_blocks
 from graft.features.preparation import ORIGINAL, Preparation, decode_side
 from graft.files import file_digest
-from graft.rows import BLOCK_ROWS, RowFile, RowWriter
+from graft.rows import BLOCK_ROWS
 from graft.store import ChunkStore
 from graft.views.decisions import decision_store
 from graft.views.preprocess import Decision, params_key
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class FeatureSet:
-    """Features for a list of images: ``rows[i]`` belongs to ``paths[i]``; failed images are listed, not included.
-    ``features`` is in memory, or a row file on disk when the caller asked for one (``rows_to``)."""
-
-    paths: list[Path]
-    features: np.ndarray | RowFile
-    failures: dict[Path, str] = field(default_factory=dict)
-    extracted: int = 0  # backbone forwards this call performed (0 when everything came from the cache)
-    seconds: float = 0.0
-    view_fallbacks: Counter = field(default_factory=Counter)  # view -> images used uncropped (subject not trusted)
-    tta: tuple[str, ...] = ()  # test-time views beyond the original, when requested
-
-    def rows_for(self, paths: Sequence[Path]) -> np.ndarray:
-        """``[n, D]`` features, or ``[n, 1 + len(tta), D]`` (original first) when test-time views were requested."""
-        rows = self.rows_view(paths)
-        return rows.take() if isinstance(rows, RowFile) else rows
-
-    def rows_view(self, paths: Sequence[Path]) -> np.ndarray | RowFile:
-        """Like :meth:`rows_for`, but rows on disk stay there (a view of the row file: nothing is read)."""
-        position = {path: i for i, path in enumerate(self.paths)}
-        index = np.array([position[p] for p in paths], np.int64)
-        return self.features.subset(index) if isinstance(self.features, RowFile) else self.features[index]
 
 
 @dataclass(frozen=True)
@@ -170,7 +146,7 @@ def extract_features(
                                   progress=progress, augment=augment,
                                   rows_to=rows_to and rows_to.with_suffix(f".{i}.npy"))
                  for i, member in enumerate(backbone.members)]
-        return _concatenated(parts, rows_to)
+        return concatenated(parts, rows_to)
     start = time.perf_counter()
     settings = settings or FeatureConfig()
     view_config = view_config or ViewsConfig()
@@ -198,7 +174,7 @@ def extract_features(
     elif tta:
         features = np.stack([cache.get([item.tta_key(name) for item in good]) for name in names], axis=1)
     elif rows_to is not None:
-        features = _write_rows(rows_to, len(good), backbone.num_features,
+        features = write_blocks(rows_to, len(good), backbone.num_features,
                                ((start, cache.get([i.row_key for i in good[start : start + BLOCK_ROWS]]))
                                 for start in range(0, len(good), BLOCK_ROWS)))
     else:
@@ -206,31 +182,6 @@ def extract_features(
     fallbacks = _count_fallbacks(good, stores)
     seconds = time.perf_counter() - start
     return FeatureSet([i.path for i in good], features, failures, extracted, seconds, fallbacks, tuple(tta))
-
-
-def _write_rows(path: Path, rows: int, dim: int, blocks: Iterator[tuple[int, np.ndarray]]) -> RowFile:
-    with RowWriter(path, rows, dim) as writer:
-        for start, block in blocks:
-            writer.write(start, block)
-    return RowFile(path)
-
-
-def _concatenated(parts: list[FeatureSet], rows_to: Path | None = None) -> FeatureSet:
-    """Members' features side by side, for the images every member could read (block by block into ``rows_to``)."""
-    failures = {path: why for part in parts for path, why in part.failures.items()}
-    good = [path for path in parts[0].paths if path not in failures]
-    if rows_to is None:
-        features = np.concatenate([part.rows_for(good) for part in parts], axis=-1)
-    else:
-        dim = sum(part.features.dim for part in parts)
-        members = [part.rows_view(good) for part in parts]
-        blocks = ((start, np.concatenate([rows.take(slice(start, start + BLOCK_ROWS)) for rows in members], axis=1))
-                  for start in range(0, len(good), BLOCK_ROWS))
-        features = _write_rows(rows_to, len(good), dim, blocks)
-        for part in parts:
-            part.features.path.unlink()
-    return FeatureSet(good, features, failures, sum(p.extracted for p in parts), sum(p.seconds for p in parts),
-                      parts[0].view_fallbacks, parts[0].tta)
 
 
 def _digests(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:

@@ -65,11 +65,11 @@ def fit_head_of(kind: str, features: Rows, labels: np.ndarray, num_classes: int,
         return fit_head_epochs(features, labels, num_classes, config, weights, log_dir, "head", progress)
     head = build_head(features.shape[1], num_classes, config.model_copy(update={"kind": kind}))
     fit_standardize(head[0], features)
-    if isinstance(features, RowFile) and kind == "prototype":
-        fit_prototypes(head[0], head[1], features, labels)
-    elif isinstance(features, RowFile):
-        fit_linear(head[0], head[1], features, labels, config.c, weights, ABSENT)
-    if isinstance(features, RowFile):
+    if isinstance(features, RowFile):  # on disk: the same heads, fitted a block at a time
+        if kind == "prototype":
+            fit_prototypes(head[0], head[1], features, labels)
+        else:
+            fit_linear(head[0], head[1], features, labels, config.c, weights, ABSENT)
         return head.eval(), None
     x = torch.as_tensor(features, dtype=torch.float32)
     with torch.no_grad():

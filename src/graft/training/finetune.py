@@ -244,9 +244,9 @@ def _validation_choice(files: RunFiles, manifest: Manifest, trained: _TrainedMod
     val = manifest.where("val")
     start = trained.start
     saved = read_out_of_fold(files.root)
-    if saved is not None:
-        row = {path: i for i, path in enumerate(saved[0])}
-        records = [r for r in val if r.path in row and r.label in start.labels]
+    row = {path: i for i, path in enumerate(saved[0])} if saved is not None else {}
+    records = [r for r in val if r.path in row and r.label in start.labels]
+    if records:
         head_s = score_logits(saved[1][[row[r.path] for r in records]], records, start.labels,
                               start.config.predict.fusion)["S"]
         basis = "validation split (head-only: its out-of-fold predictions)"

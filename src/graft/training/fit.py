@@ -45,6 +45,7 @@ from graft.training.history import merge_epoch_rows, plot_curves, write_rows
 from graft.training.streaming import Rows, blocks_of
 
 CALIBRATION_ROWS = 200_000  # out-of-fold rows the temperature is fitted on, at most
+FUSION_MARGIN = 0.01  # out-of-fold S a fusion rule must gain over mean for predict.fusion: auto to pick it
 
 
 @dataclass
@@ -198,17 +199,19 @@ def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], co
     x, y = labelled_features(Manifest(records), feature_set, labels)
     extra = augmented.rows_for([r.path for r in records])[:, 1:] if augmented is not None else None
     weights = resolve_class_weights(config.head.class_weights, labels, y)
-    fusion = config.predict.fusion
+    fusion = "mean" if config.predict.fusion == "auto" else config.predict.fusion  # candidates are scored with it
     scratch = x.path.parent if isinstance(x, RowFile) else None  # streaming: logits go beside the features
     selection = cross_fit(x, y, records, labels, config.head, weights, fusion, extra, scratch)
     head, resolved, log = final_head(selection, x, y, len(labels), config.head, weights, files.root, progress, extra)
     write_out_of_fold(files, [r.path for r in records], selection.logits, selection.fold)
-    out_of_fold = score_logits(selection.logits, records, labels, fusion)
+    rules = fusion_rule_rows(selection.logits, records, labels)
+    config = _resolved_fusion(config, rules)
+    out_of_fold = score_logits(selection.logits, records, labels, config.predict.fusion)
     results = {
         "head_selection": selection.rows,
         "out_of_fold": {k: out_of_fold[k] for k in ("S", "top1", "top3", "top5", "image_top1", "n_images")},
         "coverage_out_of_fold": out_of_fold["coverage"],
-        "fusion_rules_out_of_fold": fusion_rule_rows(selection.logits, records, labels),
+        "fusion_rules_out_of_fold": rules,
         "head_seconds": round(time.perf_counter() - start, 3),
     }
     history = _history(files, head, log, x, y)
@@ -218,11 +221,27 @@ def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], co
                        history, None, results, notes)
 
 
+def chosen_fusion(rules: dict[str, dict[str, float]], margin: float = FUSION_MARGIN) -> str:
+    """``predict.fusion: auto``: the rule with the best out-of-fold S, if it beats mean by ``margin``; else mean
+    (the rules' S differ by little, and a small out-of-fold edge did not carry over to Test on leafsnap-dev)."""
+    best = max(rules, key=lambda rule: rules[rule]["S"])
+    return best if rules[best]["S"] >= rules["mean"]["S"] + margin else "mean"
+
+
+def _resolved_fusion(config: GraftConfig, rules: dict[str, dict[str, float]]) -> GraftConfig:
+    """``config`` with ``predict.fusion: auto`` replaced by the rule :func:`chosen_fusion` picks from held-out rows."""
+    if config.predict.fusion != "auto":
+        return config
+    return config.model_copy(update={"predict": config.predict.model_copy(update={"fusion": chosen_fusion(rules)})})
+
+
 def _calibration_sample(logits: Rows, labels: np.ndarray, limit: int = CALIBRATION_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """The out-of-fold (logits, labels) the temperature is fitted on: all of them in memory; from disk, a seeded
     sample of ``limit`` rows (one scalar needs far fewer, and n x C logits need not fit in memory)."""
-    if not isinstance(logits, RowFile) or len(labels) <= limit:
-        return np.asarray(logits.take() if isinstance(logits, RowFile) else logits), labels
+    if not isinstance(logits, RowFile):
+        return logits, labels
+    if len(labels) <= limit:
+        return logits.take(), labels
     rows = np.sort(np.random.default_rng(0).choice(len(labels), limit, replace=False))
     return logits.take(rows), labels[rows]
 
@@ -256,6 +275,7 @@ def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], con
                "head_seconds": round(head_fit.seconds, 3), "head_best_epoch": head_fit.best_epoch + 1,
                "head_refit_epochs": head_fit.refit_epochs}
     history = merge_epoch_rows(head_fit.metrics_csv, files.history)
+    config = _resolved_fusion(config, results["fusion_rules_on_val"])  # the only held-out part this path has
     return TrainedHead(head_fit.head, config, held_out, history, head_fit.best_epoch, results)
 
 

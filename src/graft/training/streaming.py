@@ -33,16 +33,12 @@ def take_rows(rows: Rows, index: np.ndarray) -> Rows:
     return rows.subset(index) if isinstance(rows, RowFile) else rows[index]
 
 
-def blocks_of(rows: Rows, indices: np.ndarray | None = None,
-              seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(indices, rows)`` in blocks: a row file's own blocks; an array in one piece (it is in memory already)."""
+def blocks_of(rows: Rows) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(indices, rows)`` in file order: a row file's blocks; an array in one piece (it is in memory already)."""
     if isinstance(rows, RowFile):
-        yield from rows.blocks(indices, seed)
-        return
-    wanted = np.arange(len(rows)) if indices is None else np.asarray(indices)
-    if seed is not None:
-        wanted = np.random.default_rng(seed).permutation(wanted)
-    yield wanted, rows[wanted]
+        yield from rows.blocks()
+    else:
+        yield np.arange(len(rows)), rows
 
 
 def fit_standardize(layer: Standardize, rows: Rows) -> None:
