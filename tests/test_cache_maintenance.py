@@ -63,6 +63,19 @@ def test_prune_drops_old_chunks_only_and_the_cache_still_reads(cache):
     assert extracted() == 8
 
 
+def test_prune_removes_the_row_files_a_killed_streamed_fit_left_but_not_a_running_ones(tmp_path):
+    week_ago = time.time() - 7 * 86_400
+    dead, running = tmp_path / "rows-dead", tmp_path / "rows-running"
+    for directory in (dead, running):
+        directory.mkdir()
+        (directory / "features.npy").write_bytes(b"x" * 1000)
+        os.utime(directory / "features.npy", (week_ago, week_ago))
+        os.utime(directory, (week_ago, week_ago))
+    (running / "oof-linear-0.1.npy").write_bytes(b"y")  # written just now: that fit is alive
+    assert prune(tmp_path, older_than_days=30) == (0, 1000)
+    assert not dead.exists() and running.exists()
+
+
 def test_the_cache_commands(cache):
     root, *_ = cache
     runner = CliRunner()

@@ -8,6 +8,7 @@ visible; prune removes the ``.keys`` first, so a reader never sees half a chunk.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +57,9 @@ def cache_info(cache_dir: str | Path | None = None) -> CacheReport:
 
 
 def prune(cache_dir: str | Path | None, older_than_days: float) -> tuple[int, int]:
-    """Remove chunks last written more than ``older_than_days`` ago, and leftover temp files of killed writers;
-    (chunks removed, bytes freed). Images whose rows go are simply extracted again when next needed."""
+    """Remove chunks last written more than ``older_than_days`` ago, and what killed writers left for over a day
+    (temp files, a streamed fit's row directory); (chunks removed, bytes freed). Images whose rows go are simply
+    extracted again when next needed."""
     cutoff = time.time() - older_than_days * DAY
     removed = freed = 0
     for keys in cache_root(cache_dir).rglob("*.keys"):
@@ -71,6 +73,11 @@ def prune(cache_dir: str | Path | None, older_than_days: float) -> tuple[int, in
         if temporary.stat().st_mtime < time.time() - DAY:
             freed += temporary.stat().st_size
             temporary.unlink(missing_ok=True)
+    for rows in cache_root(cache_dir).glob("rows-*"):  # a streamed fit's row files, left by a killed fit
+        files = [f for f in rows.rglob("*") if f.is_file()]
+        if max([rows.stat().st_mtime] + [f.stat().st_mtime for f in files]) < time.time() - DAY:
+            freed += sum(f.stat().st_size for f in files)
+            shutil.rmtree(rows, ignore_errors=True)
     return removed, freed
 
 
