@@ -42,7 +42,7 @@ def test_standardisation_and_prototypes_from_disk_equal_the_in_memory_ones(tmp_p
     streamed, _ = fit_head_of("prototype", on_disk, y, 6, HeadConfig(), None, tmp_path)
     assert torch.allclose(memory[0].mean, streamed[0].mean, atol=1e-4)
     assert torch.allclose(memory[0].std, streamed[0].std, rtol=1e-4)
-    assert np.allclose(predict_logits(memory, x), predict_logits(streamed, on_disk), atol=1e-3)
+    assert np.allclose(predict_logits(memory, x), predict_logits(streamed, on_disk.take()), atol=1e-3)
 
 
 def test_streamed_linear_head_solves_scikit_learns_problem(tmp_path):

@@ -175,8 +175,8 @@ def extract_features(
         features = np.stack([cache.get([item.tta_key(name) for item in good]) for name in names], axis=1)
     elif rows_to is not None:
         features = write_blocks(rows_to, len(good), backbone.num_features,
-                               ((start, cache.get([i.row_key for i in good[start : start + BLOCK_ROWS]]))
-                                for start in range(0, len(good), BLOCK_ROWS)))
+                               ((first, cache.get([i.row_key for i in good[first : first + BLOCK_ROWS]]))
+                                for first in range(0, len(good), BLOCK_ROWS)))
     else:
         features = cache.get([item.row_key for item in good])
     fallbacks = _count_fallbacks(good, stores)

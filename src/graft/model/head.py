@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from graft.config import HeadConfig
-from graft.rows import RowFile
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -82,16 +81,8 @@ def build_head(num_features: int, num_classes: int, config: HeadConfig) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def predict_logits(head: nn.Module, features: np.ndarray | RowFile, batch_size: int = 4096) -> np.ndarray:
-    """``[n, C]`` logits of features in memory or in a row file (read a block at a time)."""
+def predict_logits(head: nn.Module, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     head.eval()
-    if isinstance(features, RowFile):
-        out = None
-        for index, block in features.blocks():
-            logits = predict_logits(head, block, batch_size)
-            out = np.empty((len(features), logits.shape[1]), np.float32) if out is None else out
-            out[index] = logits
-        return out if out is not None else predict_logits(head, np.zeros((0, features.dim), np.float32))
     with torch.inference_mode():
         tensor = torch.as_tensor(features, dtype=torch.float32)
         chunks = [head(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]

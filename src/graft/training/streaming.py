@@ -135,4 +135,4 @@ class MinibatchStream(IterableDataset):
         for index, block in self.rows.blocks(seed=self.seed * 100_003 + self.epoch):
             for start in range(0, len(index), self.batch_size):
                 part = slice(start, start + self.batch_size)
-                yield torch.from_numpy(np.array(block[part])), torch.as_tensor(self.labels[index[part]])
+                yield torch.from_numpy(block[part]), torch.as_tensor(self.labels[index[part]])  # a view, no copy
