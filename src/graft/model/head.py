@@ -48,20 +48,13 @@ class Standardize(nn.Module):
 
 
 class Prototypes(nn.Module):
-    """``scale * cos(standardised x, class prototype)``: logits of a nearest-class-mean classifier."""
+    """``scale * cos(standardised x, class prototype)``: logits of a nearest-class-mean classifier (the prototypes
+    are fitted by :func:`graft.training.streaming.fit_prototypes`)."""
 
     def __init__(self, num_features: int, num_classes: int, scale: float = 20.0):
         super().__init__()
         self.register_buffer("prototypes", torch.zeros(num_classes, num_features))
         self.register_buffer("scale", torch.tensor(float(scale)))
-
-    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> Prototypes:
-        """Each class's prototype is the normalised mean of its normalised features; an absent class gets none."""
-        unit = nn.functional.normalize(features, dim=1)
-        for label in range(len(self.prototypes)):
-            members = unit[labels == label]
-            self.prototypes[label] = nn.functional.normalize(members.mean(0), dim=0) if len(members) else 0.0
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * nn.functional.normalize(x, dim=1) @ self.prototypes.T

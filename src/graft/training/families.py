@@ -1,7 +1,8 @@
 """Head families: each is fitted on (features, label indices) and cross-fitted for out-of-fold logits.
 
-  linear     scikit-learn's multinomial LogisticRegression (lbfgs) on standardised features, copied into a torch
-             Linear, so it is saved and served like every other head; its setting is C (inverse L2 strength)
+  linear     multinomial logistic regression on standardised features - scikit-learn's objective, minimised by
+             torch's L-BFGS (:func:`graft.training.streaming.fit_linear`) straight into the head's Linear, so it is
+             saved and served like every other head; its setting is C (inverse L2 strength)
   prototype  class means of the standardised, normalised features; its setting is the logit scale
   mlp        the seed's head trained by Lightning (:mod:`graft.training.head`); its setting is the epoch count, and
              one run per fold yields every count of the grid (the logits are taken as training passes each one)
@@ -9,7 +10,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,39 +65,11 @@ def fit_head_of(kind: str, features: Rows, labels: np.ndarray, num_classes: int,
         return fit_head_epochs(features, labels, num_classes, config, weights, log_dir, "head", progress)
     head = build_head(features.shape[1], num_classes, config.model_copy(update={"kind": kind}))
     fit_standardize(head[0], features)
-    if isinstance(features, RowFile):  # on disk: the same heads, fitted a block at a time
-        if kind == "prototype":
-            fit_prototypes(head[0], head[1], features, labels)
-        else:
-            fit_linear(head[0], head[1], features, labels, config.c, weights, ABSENT)
-        return head.eval(), None
-    x = torch.as_tensor(features, dtype=torch.float32)
-    with torch.no_grad():
-        standardized = head[0](x)
     if kind == "prototype":
-        head[1].fit(standardized, torch.as_tensor(labels))
+        fit_prototypes(head[0], head[1], features, labels)
     else:
-        _fit_linear(head[1], standardized.numpy(), labels, config.c, weights)
+        fit_linear(head[1], features, labels, config.c, weights, ABSENT, head[0])
     return head.eval(), None
-
-
-def _fit_linear(linear: nn.Linear, x: np.ndarray, labels: np.ndarray, c: float, weights: torch.Tensor | None) -> None:
-    from sklearn.linear_model import LogisticRegression
-
-    present = np.unique(labels)
-    class_weight = {int(k): float(weights[k]) for k in present} if weights is not None else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # lbfgs stopping at max_iter is fine at this tolerance
-        model = LogisticRegression(C=c, max_iter=300, tol=1e-3, class_weight=class_weight).fit(x, labels)
-    weight = np.zeros((linear.out_features, x.shape[1]), np.float32)
-    bias = np.full(linear.out_features, ABSENT, np.float32)
-    if len(present) == 2:  # scikit-learn keeps one row for two classes: logits (0, w.x + b) softmax the same
-        weight[present[1]], bias[present] = model.coef_[0], (0.0, model.intercept_[0])
-    else:
-        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
-    with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(weight))
-        linear.bias.copy_(torch.from_numpy(bias))
 
 
 class _Snapshots(Callback):

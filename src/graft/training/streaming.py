@@ -3,10 +3,9 @@
 ``graft fit`` streams when the training features exceed ``head.memory_mb`` (:mod:`graft.rows` says why the reads are
 ``pread``, not a memory map). What changes against the in-memory path, and why it is the same model:
   standardisation  mean and std accumulated block by block in float64 (equal to the in-memory ones within 1e-6)
-  prototype        per-class sums of the normalised rows: the same prototypes
-  linear           multinomial logistic regression with scikit-learn's objective - class-weighted cross-entropy
-                   plus ``|W|^2 / 2C`` - minimised by full-batch L-BFGS whose every loss/gradient evaluation is one
-                   pass over the blocks (scikit-learn needs the whole matrix in memory)
+  prototype        per-class sums of the normalised rows, in memory as on disk (:func:`fit_prototypes`)
+  linear           the same function fits both: full-batch L-BFGS whose every loss/gradient evaluation is one pass
+                   over the blocks (:func:`fit_linear`)
   mlp              minibatches drawn block by block, blocks in a new random order each epoch and rows shuffled
                    within each ("shuffled by chunk"); with one block it is an ordinary shuffle
 """
@@ -51,25 +50,33 @@ def fit_standardize(layer: Standardize, rows: Rows) -> None:
         layer.fit(torch.as_tensor(rows, dtype=torch.float32))
 
 
-def fit_prototypes(standardize: Standardize, prototypes: Prototypes, rows: RowFile, labels: np.ndarray) -> None:
-    """Each class's prototype: the normalised sum of its normalised, standardised rows (= :meth:`Prototypes.fit`)."""
+def fit_prototypes(standardize: Standardize, prototypes: Prototypes, rows: Rows, labels: np.ndarray) -> None:
+    """Each class's prototype: the normalised sum of its normalised, standardised rows - the normalised mean; a class
+    without rows gets none. A block at a time, so rows on disk and in memory give the same prototypes."""
     sums = torch.zeros_like(prototypes.prototypes)
     with torch.no_grad():
-        for index, block in rows.blocks():
-            unit = nn.functional.normalize(standardize(torch.from_numpy(block)), dim=1)
+        for index, block in blocks_of(rows):
+            unit = nn.functional.normalize(standardize(torch.as_tensor(block)), dim=1)
             sums.index_add_(0, torch.as_tensor(labels[index]), unit)
         present = sums.norm(dim=1) > 0
         prototypes.prototypes.copy_(torch.where(present[:, None], nn.functional.normalize(sums, dim=1), 0.0))
 
 
-def fit_linear(standardize: Standardize, linear: nn.Linear, rows: RowFile, labels: np.ndarray, c: float,
-               weights: torch.Tensor | None, absent: float, max_iter: int = 300) -> None:
-    """Multinomial logistic regression over the classes present in ``labels``, on standardised rows read block by
-    block; the absent classes get logit ``absent`` (as the in-memory head does)."""
+def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weights: torch.Tensor | None,
+               absent: float, standardize: nn.Module, max_iter: int = 300) -> None:
+    """Multinomial logistic regression over the classes present in ``labels`` on ``standardize``d rows; the absent
+    classes get logit ``absent``. The objective is scikit-learn's (class-weighted mean cross-entropy +
+    ``|W|^2 / 2Cn``), minimised by full-batch L-BFGS in float32 to a gradient tolerance of 1e-3, as graft ran
+    scikit-learn's lbfgs before: each evaluation is one pass over the rows - one matrix product in memory, a block
+    at a time on disk, where scikit-learn cannot go (it needs the whole matrix, in float64). Measured on four
+    datasets' cross-fitting (5 folds x 3 C): 5-9x faster than scikit-learn, out-of-fold S within 0.003 of it."""
+    if not isinstance(rows, RowFile):  # in memory: standardised once, not at every evaluation
+        with torch.no_grad():
+            rows, standardize = standardize(torch.as_tensor(rows, dtype=torch.float32)).numpy(), nn.Identity()
     present = np.unique(labels)
     remap = np.full(linear.out_features, -1)
     remap[present] = np.arange(len(present))
-    weight = torch.zeros(len(present), rows.dim, requires_grad=True)
+    weight = torch.zeros(len(present), rows.shape[1], requires_grad=True)
     bias = torch.zeros(len(present), requires_grad=True)
     class_weight = weights[present].float() if weights is not None else None
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-3,
@@ -81,7 +88,7 @@ def fit_linear(standardize: Standardize, linear: nn.Linear, rows: RowFile, label
         total = (weight**2).sum() / (2 * c * n)
         total.backward()
         total = total.detach()
-        for index, block in rows.blocks():
+        for index, block in blocks_of(rows):
             with torch.no_grad():
                 x = standardize(torch.from_numpy(block))
             target = torch.as_tensor(remap[labels[index]])
