@@ -121,6 +121,7 @@ def test_auto_tries_every_family_unless_told_to_skip_the_mlp_on_small_data():
     many = {c.kind for c in candidates(config, images_per_class=5000)}
     assert few == {"linear", "prototype"} and many == {"linear", "prototype", "mlp"}
     assert [c.value for c in candidates(config.model_copy(update={"kind": "linear"}), 5)] == config.c_grid
+    assert [c.value for c in candidates(HeadConfig(), 5) if c.kind == "mlp"] == [10, 20]  # 40 never changed a choice
 
 
 def test_fit_chooses_the_best_out_of_fold_s_and_the_run_rebuilds_that_head(folder_data, tiny_config, tmp_path):
