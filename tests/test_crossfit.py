@@ -129,6 +129,8 @@ def test_fit_chooses_the_best_out_of_fold_s_and_the_run_rebuilds_that_head(folde
     rows = result.results["head_selection"]
     best = max(range(len(rows)), key=lambda i: (rows[i]["S"], -i))
     assert result.results["head"] == rows[best]["kind"]
+    assert [row["chosen"] for row in rows] == [i == best for i in range(len(rows))]
+    assert f"| {rows[best]['head']} (chosen) |" in RunFiles(tmp_path / "run").results_md.read_text()
     model = load_run(tmp_path / "run")
     assert model.config.head.kind == rows[best]["kind"]  # resolved: never "auto" in a run
     paths, logits = read_out_of_fold(tmp_path / "run")

@@ -215,6 +215,16 @@ def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def head_selection_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Cross-fitting's candidates (``results.json``'s ``head_selection``) as a Markdown table, the chosen one marked:
+    the run's note and the report print the same table."""
+    lines = ["| head (out of fold) | S | Top-1 | Top-5 | seconds |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['head']}{' (chosen)' if row.get('chosen') else ''} | "
+                     + " | ".join(_cell(row.get(key)) for key in ("S", "top1", "top5")) + f" | {row['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
 def _cell(value: Any, speed: bool = False) -> str:
     if isinstance(value, float) and speed:
         return f"{value:.1f}"

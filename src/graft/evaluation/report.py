@@ -21,7 +21,7 @@ from graft.features.tta import DEFAULT_TTA
 from graft.files import atomic_write_text
 from graft.model.ensemble import Ensemble
 from graft.model.fusion import fuse_observations
-from graft.run import RunFiles, evaluation_part, load_model, read_manifest, read_results, results_table
+from graft.run import RunFiles, evaluation_part, head_selection_table, load_model, read_manifest, read_results, results_table
 
 
 def confused_pairs(probabilities: np.ndarray, part: Manifest, labels: list[str], fusion: str, top: int = 10):
@@ -95,9 +95,7 @@ def _details(run, name, results, probabilities, part, model) -> str:
     lines += ["| reject below | coverage | accuracy of answered |", "|---|---|---|"]
     lines += [f"| {c['threshold']} | {c['coverage']:.3f} | {c['accuracy']:.3f} |" for c in results["coverage"]]
     if "head_selection" in saved:
-        lines += ["", "| head candidate (out of fold) | S | Top-1 | Top-5 | seconds |", "|---|---|---|---|---|"]
-        lines += [f"| {r['head']} | {r['S']:.4f} | {r['top1']:.4f} | {r['top5']:.4f} | {r['seconds']} |"
-                  for r in saved["head_selection"]]
+        lines += ["", head_selection_table(saved["head_selection"])]
     rules, where = (saved["fusion_rules_out_of_fold"], "out of fold") if "fusion_rules_out_of_fold" in saved else (
         saved.get("fusion_rules_on_val"), "validation")
     if rules:

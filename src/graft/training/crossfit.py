@@ -25,6 +25,7 @@ from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
 from graft.evaluation.metrics import score_logits
 from graft.rows import RowFile
+from graft.run import head_selection_table
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
 from graft.training.streaming import Rows
 
@@ -60,10 +61,7 @@ class Selection:
     fold: np.ndarray
 
     def table(self) -> str:
-        lines = ["| head (out of fold) | S | Top-1 | Top-5 | seconds |", "|---|---|---|---|---|"]
-        lines += [f"| {r['head']}{' (chosen)' if r['head'] == self.chosen.name else ''} | {r['S']:.4f} | "
-                  f"{r['top1']:.4f} | {r['top5']:.4f} | {r['seconds']:.1f} |" for r in self.rows]
-        return "\n".join(lines)
+        return head_selection_table(self.rows)
 
 
 def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord], label_names: list[str],
@@ -95,6 +93,8 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
             if isinstance(oof, RowFile):  # the one not kept
                 oof.path.unlink()
         del found  # only the leader's [n, C] logits are kept: 7 candidates' would be 7 x n x C floats
+    for row in rows:
+        row["chosen"] = row["head"] == chosen.name
     return Selection(chosen, rows, chosen_logits, fold)
 
 
