@@ -79,11 +79,49 @@ def test_report_compares_models_in_markdown_and_self_contained_html(two_runs, tm
     assert "data:image/png;base64," in page and "<table>" in page and "src='curves" not in page
 
 
+def with_test_part(folder_data):
+    """The folder's images listed with every fourth one in a test part (an ensemble is then scored on it)."""
+    rows = ["path,label,split"] + [f"{p.relative_to(folder_data)},{p.parent.name},{'test' if i % 4 == 0 else ''}"
+                                   for i, p in enumerate(sorted(folder_data.rglob("*.png")))]
+    (folder_data / "list.csv").write_text("\n".join(rows) + "\n")
+    return folder_data / "list.csv"
+
+
 def test_fitted_weights_come_from_out_of_fold_predictions(two_runs, tiny_config, folder_data, tmp_path):
     assert make_ensemble(list(two_runs), tmp_path / "oof", fit_weights=True)["weights_fitted_on"] == \
         "out-of-fold predictions"
     holdout = tiny_config.updated({"head.selection": "holdout"})
     fit(folder_data, tmp_path / "h1", holdout)
     fit(folder_data, tmp_path / "h2", holdout.updated({"head.seed": 3}))
-    assert make_ensemble([tmp_path / "h1", tmp_path / "h2"], tmp_path / "val", fit_weights=True)[
+    with pytest.raises(RunError, match="without a test part the validation split is what the ensemble is scored on"):
+        make_ensemble([tmp_path / "h1", tmp_path / "h2"], tmp_path / "val", fit_weights=True)
+    listed = with_test_part(folder_data)
+    fit(listed, tmp_path / "t1", holdout)
+    fit(listed, tmp_path / "t2", holdout.updated({"head.seed": 3}))
+    assert make_ensemble([tmp_path / "t1", tmp_path / "t2"], tmp_path / "val", fit_weights=True)[
         "weights_fitted_on"] == "the validation split"
+
+
+def test_a_fine_tuned_member_is_weighted_on_validation_images_not_on_head_only_out_of_fold_rows(
+        folder_data, tiny_config, tmp_path, monkeypatch):
+    from graft.evaluation.plots import reliability_plot
+    from graft.run import RunFiles, model_out_of_fold, read_manifest, read_out_of_fold
+    from graft.training import ensemble as ensemble_module
+    from graft.training.finetune import save_finetuned
+
+    listed = with_test_part(folder_data)
+    a, b = tmp_path / "a-test", tmp_path / "b-test"
+    fit(listed, a, tiny_config)
+    fit(listed, b, tiny_config.updated({"head.seed": 7}))
+    model = load_run(b)
+    save_finetuned(RunFiles(b), model, model.config)  # b now serves a fine-tuned model
+    assert read_out_of_fold(b) is not None and model_out_of_fold(b) is None  # the file is the head-only model's
+    fitted_on = []
+    real = ensemble_module._fit_weights
+    monkeypatch.setattr(ensemble_module, "_fit_weights", lambda stacks, kept, e: fitted_on.extend(kept) or real(
+        stacks, kept, e))
+    results = make_ensemble([a, b], tmp_path / "mixed", fit_weights=True)
+    assert results["weights_fitted_on"] == "the validation split (out-of-fold predictions of the cross-fitted members)"
+    validation = {r.path for r in read_manifest(a).where("val")}
+    assert fitted_on and {r.path for r in fitted_on} == validation
+    assert reliability_plot(b, 1.0, tmp_path / "reliability.png") is None  # no out-of-fold rows of its own model

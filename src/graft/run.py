@@ -81,6 +81,11 @@ class RunFiles:
     def is_ensemble(self) -> bool:
         return self.ensemble.is_file()
 
+    def serves_finetuned(self) -> bool:
+        """Whether ``graft finetune`` kept its model: config.yaml then names the fine-tuned backbone's file."""
+        return self.finetuned_backbone.is_file() and \
+            GraftConfig.from_yaml(self.config).backbone.weights == self.finetuned_backbone.name
+
 
 @contextmanager
 def writing(files: RunFiles) -> Iterator[RunFiles]:
@@ -176,8 +181,16 @@ def write_out_of_fold(files: RunFiles, paths: Sequence[Path], logits: np.ndarray
     atomic_write(files.out_of_fold, write)
 
 
+def model_out_of_fold(run: str | Path) -> tuple[list[Path], np.ndarray] | None:
+    """:func:`read_out_of_fold` when those logits are the run's model's own, else None: also once ``graft finetune``
+    kept a fine-tuned model, whose predictions they are not (the file stays: it is the head-only model's, which a
+    later fine-tuning's choice reads)."""
+    return None if RunFiles(run).serves_finetuned() else read_out_of_fold(run)
+
+
 def read_out_of_fold(run: str | Path) -> tuple[list[Path], np.ndarray] | None:
-    """(image paths, their out-of-fold logits), or None for a run fitted without cross-fitting."""
+    """(image paths, their out-of-fold logits), or None for a run fitted without cross-fitting. They are the
+    cross-fitted head's: after fine-tuning, :func:`model_out_of_fold` says whether they still describe the model."""
     path = RunFiles(run).out_of_fold
     if not path.is_file():
         return None

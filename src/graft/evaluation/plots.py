@@ -9,14 +9,15 @@ import numpy as np
 
 from graft.files import atomic_write
 from graft.model.fusion import softmax
-from graft.run import read_manifest, read_out_of_fold
+from graft.run import model_out_of_fold, read_manifest
 
 BINS = 10
 
 
 def reliability_plot(run: Path, temperature: float, out: Path) -> Path | None:
-    """The PNG at ``out``, or None when the run kept no out-of-fold predictions (holdout runs, ensembles)."""
-    saved = read_out_of_fold(run)
+    """The PNG at ``out``, or None when the run has no out-of-fold predictions of its model (holdout runs, ensembles,
+    a kept fine-tuned model)."""
+    saved = model_out_of_fold(run)
     if saved is None:
         return None
     paths, logits = saved

@@ -79,7 +79,7 @@ def build_report(runs: list[Path], out: Path, tta: bool = False) -> Path:
 def _model_name(run: Path, model) -> str:
     if isinstance(model, Ensemble):
         return f"{run.name}: ensemble of {len(model.members)}"
-    kind = "fine-tuned" if RunFiles(run).finetuned_backbone.is_file() and model.config.backbone.weights else "head-only"
+    kind = "fine-tuned" if RunFiles(run).serves_finetuned() else "head-only"
     return f"{run.name}: {model.backbone.name}, {kind}"
 
 

@@ -14,7 +14,7 @@ from graft.errors import ConfigError, RunError
 from graft.evaluation.metrics import score_probabilities
 from graft.model.ensemble import Ensemble, combine, weighted_average
 from graft.model.fusion import softmax
-from graft.run import RunFiles, evaluation_part, load_run, read_manifest, read_out_of_fold, write_ensemble, write_results
+from graft.run import RunFiles, evaluation_part, load_run, model_out_of_fold, read_manifest, write_ensemble, write_results
 
 
 def make_ensemble(
@@ -54,19 +54,30 @@ def make_ensemble(
 
 def _held_out_predictions(runs: list[Path], ensemble: Ensemble,
                           manifest: Manifest) -> tuple[list[np.ndarray], list[ImageRecord], str]:
-    """Each member's probabilities on images it never trained on: its out-of-fold predictions when every member
-    was cross-fitted, else (runs fitted with ``head.selection: holdout``) the validation split."""
-    saved = [read_out_of_fold(run) for run in runs]
-    if all(s is not None for s in saved):
-        per_member = [dict(zip(paths, softmax(logits / member.temperature), strict=True))
-                      for (paths, logits), member in zip(saved, ensemble.members, strict=True)]
-        source, what = manifest, "out-of-fold predictions"
-    else:
-        source, what = manifest.where("val"), "the validation split"
-        per_member = []
-        for member in ensemble.members:
-            kept, probabilities, _ = member.image_probabilities(source)
+    """Each member's probabilities on images it never trained on, on the images every member has them for: a
+    cross-fitted member's out-of-fold predictions (every training image); any other member's predictions on the
+    validation split - a fine-tuned model never trained on it (its out-of-fold file is the head-only model's), a
+    ``head.selection: holdout`` head at least chose its epochs on it. With any such member the weights are fitted on
+    the validation split, with the cross-fitted members' out-of-fold rows for its images - and only when the data has
+    a test part to score the ensemble on: weights fitted on the split that scores them would flatter them."""
+    val, scored_on_val = manifest.where("val"), not manifest.where("test").records
+    per_member, own = [], []
+    for run, member in zip(runs, ensemble.members, strict=True):
+        saved = model_out_of_fold(run)
+        if saved is None and scored_on_val:
+            raise RunError(f"{run}: no held-out predictions of its model to fit ensemble weights on (it is fine-tuned "
+                           "or a holdout run, and without a test part the validation split is what the ensemble is "
+                           "scored on); give --weights, or leave them equal")
+        if saved is not None:
+            paths, logits = saved
+            per_member.append(dict(zip(paths, softmax(logits / member.temperature), strict=True)))
+        else:
+            kept, probabilities, _ = member.image_probabilities(val)
             per_member.append(dict(zip((r.path for r in kept), probabilities, strict=True)))
+        own.append(saved is not None)
+    source = manifest if all(own) else val
+    what = "out-of-fold predictions" if all(own) else "the validation split" if not any(own) else \
+        "the validation split (out-of-fold predictions of the cross-fitted members)"
     records = [r for r in source if all(r.path in rows for rows in per_member)]
     if not records:
         raise RunError("no held-out predictions shared by every member to fit weights on")
