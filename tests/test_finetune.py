@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from conftest import COLOURS, fixture_seed, make_image
 from graft.errors import ConfigError
-from graft.run import RunFiles, load_run
+from graft.run import RunFiles, load_run, read_results
 from graft.training.finetune import finetune, save_finetuned
 from graft.training.fit import fit
 from graft.training.head import resolve_class_weights
@@ -301,3 +301,46 @@ def test_with_a_test_part_the_kept_model_is_chosen_on_validation_never_on_test(f
     lines = (tmp_path / "run" / "finetune-history.csv").read_text().splitlines()
     history = {int(r["epoch"]): float(r["val_S"]) for r in csv.DictReader(lines)}
     assert chosen["finetuned_val_S"] == pytest.approx(history[chosen["best_epoch"] - 1])
+
+
+def keep_the_fine_tuned_model(monkeypatch):
+    """Whatever the validation split says: these tests are about what keeping it writes."""
+    from graft.training import finetune as module
+
+    choose = module._validation_choice
+    monkeypatch.setattr(module, "_validation_choice", lambda *a: choose(*a) | {"head_only_val_S": -1.0})
+
+
+def test_with_a_test_part_the_fine_tuned_model_gets_its_own_temperature_from_the_validation_split(
+        folder_data, tiny_config, tmp_path, monkeypatch):
+    rows = ["path,label,split"] + [f"{p.relative_to(folder_data)},{p.parent.name},{'test' if i % 4 == 0 else ''}"
+                                   for i, p in enumerate(sorted(folder_data.rglob("*.png")))]
+    (folder_data / "list.csv").write_text("\n".join(rows) + "\n")
+    fit(folder_data / "list.csv", tmp_path / "run", tiny_config.updated({"finetune.num_workers": 0}))
+    keep_the_fine_tuned_model(monkeypatch)
+    result = finetune(tmp_path / "run", overrides(**{"finetune.lr": 0.001}), progress=False)
+    assert result.kept == "finetuned"
+    tuned = result.finetuned
+    assert tuned["calibration"] == "temperature scaling fitted on the validation split (the fine-tuned model never " \
+                                   "trained on it)"
+    assert tuned["temperature"] > 0 and {"ece_before", "ece_after"} <= set(tuned)
+    assert load_run(tmp_path / "run").temperature == pytest.approx(tuned["temperature"], abs=1e-4)
+    assert read_results(tmp_path / "run")["temperature"] == tuned["temperature"]
+
+
+def test_without_a_test_part_the_fine_tuned_model_stays_uncalibrated_and_drops_the_head_only_temperature(
+        run, monkeypatch):
+    assert "temperature" in read_results(run)  # the head-only model's
+    keep_the_fine_tuned_model(monkeypatch)
+    result = finetune(run, overrides(**{"finetune.lr": 0.001}), progress=False)
+    assert result.kept == "finetuned"
+    assert result.finetuned["calibration"].startswith("skipped: without a test part")
+    assert "temperature" not in result.finetuned
+    assert load_run(run).temperature == 1.0 and "temperature" not in read_results(run)
+
+
+def test_save_finetuned_writes_the_fine_tuned_models_temperature(run):
+    model = load_run(run)
+    model.temperature = 1.7
+    save_finetuned(RunFiles(run), model, model.config)
+    assert load_run(run).temperature == pytest.approx(1.7)

@@ -27,11 +27,12 @@ from graft.config import GraftConfig
 from graft.data.manifest import ImageRecord, Manifest
 from graft.errors import ConfigError, DataError, RunError
 from graft.evaluation.evaluate import score
-from graft.evaluation.metrics import score_logits
+from graft.evaluation.metrics import label_indices, score_logits
 from graft.features.augment import training_transform
 from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
 from graft.features.preparation import Preparation
 from graft.model.classifier import Classifier
+from graft.model.head import predict_logits
 from graft.run import (
     RunFiles,
     evaluation_part,
@@ -46,6 +47,7 @@ from graft.run import (
     writing,
 )
 from graft.training.finetune_module import IGNORE, FineTuneModule, ImageDataset, ValidationInfo
+from graft.training.fit import calibrate
 from graft.training.head import resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, read_rows
 from graft.training.lightning import make_trainer, quiet_lightning
@@ -183,6 +185,9 @@ def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra:
                         precision=settings.precision, max_time=budget)
 
 
+CALIBRATION_KEYS = frozenset({"temperature", "ece_before", "ece_after", "nll_before", "nll_after"})
+
+
 @dataclass
 class _TrainedModel:
     """What training produced: the module with its best weights, and the epochs."""
@@ -210,7 +215,9 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     part = evaluation_part(manifest)
     feature_set = tuned.manifest_features(part)
     part = part.without(feature_set.failures)
-    tuned_results = score(tuned, part.records, feature_set.rows_for([r.path for r in part]))
+    plain = feature_set.rows_for([r.path for r in part])
+    calibration = _calibrate_tuned(tuned, manifest, part, plain)  # before scoring: the coverage table uses it
+    tuned_results = score(tuned, part.records, plain) | calibration
     tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
                       "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1)}
     head_only = previous.get("head_only", previous)
@@ -220,7 +227,9 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     if kept == "finetuned":
         save_finetuned(files, tuned, trained.config)
     chosen = tuned_results if kept == "finetuned" else head_only
-    results = {**head_only, **{k: chosen[k] for k in chosen if k in head_only}, "model": kept,
+    stale = CALIBRATION_KEYS - set(chosen)  # the head-only model's temperature and ECE say nothing of the other one
+    results = {**{k: v for k, v in head_only.items() if k not in stale},
+               **{k: chosen[k] for k in chosen if k in head_only}, "model": kept,
                "head_only": head_only, "finetuned": tuned_results}
     name = trained.start.backbone.name
     rows = [("head-only", head_only), (f"fine-tuned ({trained.epochs} ep.)", tuned_results)]
@@ -231,6 +240,24 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     plot_curves([("head", read_rows(files.history), head_only.get("head_best_epoch", 1) - 1),
                  ("fine-tune", history, trained.best_epoch)], files.curves, f"{name}: head, then fine-tuning")
     return FineTuneResult(files.root, kept, tuned_results, head_only, trained.epochs, seconds)
+
+
+def _calibrate_tuned(tuned: Classifier, manifest: Manifest, part: Manifest, features: np.ndarray) -> dict[str, Any]:
+    """The fine-tuned model's temperature, fitted on the validation split - images it never trained on - when the data
+    has a test part to report calibration on. Without one the validation split is what the model is scored on, and it
+    stays uncalibrated (temperature 1) rather than calibrated on the split that judges it."""
+    if not tuned.config.predict.calibrate:
+        return {"calibration": "off"}
+    if part.records[0].split != "test":
+        return {"calibration": "skipped: without a test part the validation split is what the fine-tuned model is "
+                               "scored on"}
+    val = manifest.where("val")
+    feature_set = tuned.manifest_features(val)
+    val = val.without(feature_set.failures)
+    truth = label_indices(val.records, tuned.labels)
+    logits = predict_logits(tuned.head, feature_set.rows_for([r.path for r in val]))
+    return calibrate(tuned, (logits[truth >= 0], truth[truth >= 0]), (features, label_indices(part.records, tuned.labels)),
+                     "the validation split (the fine-tuned model never trained on it)")
 
 
 def _validation_choice(files: RunFiles, manifest: Manifest, trained: _TrainedModel, history: list[dict[str, str]],
@@ -264,8 +291,7 @@ def save_finetuned(files: RunFiles, tuned: Classifier, config: GraftConfig) -> N
         files.head_only.write_bytes(files.head.read_bytes())
     write_state(files.finetuned_backbone, tuned.backbone.model)
     write_state(files.head, tuned.head)
-    # the temperature was fitted for the head-only model; the fine-tuned one is left uncalibrated rather than wrong
-    write_json(files.calibration, {"temperature": 1.0})
+    write_json(files.calibration, {"temperature": tuned.temperature})  # its own (1.0 if it could not be fitted)
     write_config(files, config.updated({"backbone.weights": files.finetuned_backbone.name}))
     described = tuned.backbone.describe() | {"identity": weights_identity(tuned.backbone.model)}  # what was saved
     write_json(files.backbone, described)
