@@ -25,10 +25,10 @@ from graft.errors import ImageError
 from graft.features.backbones import Backbone, ConcatBackbone
 from graft.features.cache import FeatureCache
 from graft.features.engines import FeatureEngine, feature_engine
-from graft.features.feature_set import FeatureSet, concatenated, write_blocks
+from graft.features.feature_set import FeatureSet, concatenated
 from graft.features.preparation import ORIGINAL, Preparation, decode_side
 from graft.files import file_digest
-from graft.rows import BLOCK_ROWS
+from graft.rows import BLOCK_ROWS, write_blocks
 from graft.store import ChunkStore
 from graft.views.decisions import decision_store
 from graft.views.preprocess import Decision, params_key
@@ -175,8 +175,8 @@ def extract_features(
         features = np.stack([cache.get([item.tta_key(name) for item in good]) for name in names], axis=1)
     elif rows_to is not None:
         features = write_blocks(rows_to, len(good), backbone.num_features,
-                               ((first, cache.get([i.row_key for i in good[first : first + BLOCK_ROWS]]))
-                                for first in range(0, len(good), BLOCK_ROWS)))
+                                ((first, cache.get([i.row_key for i in good[first : first + BLOCK_ROWS]]))
+                                 for first in range(0, len(good), BLOCK_ROWS)))
     else:
         features = cache.get([item.row_key for item in good])
     fallbacks = _count_fallbacks(good, stores)

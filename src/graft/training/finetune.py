@@ -218,10 +218,10 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     part = evaluation_part(manifest)
     feature_set = tuned.manifest_features(part)
     part = part.without(feature_set.failures)
-    tuned_results = score(tuned, part.records, feature_set.rows_for([r.path for r in part])) | {
-        "calibration": UNCALIBRATED}
+    tuned_results = score(tuned, part.records, feature_set.rows_for([r.path for r in part]))
     tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
-                      "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1)}
+                      "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1),
+                      "calibration": UNCALIBRATED}
     head_only = previous.get("head_only", previous)
     choice = _validation_choice(files, manifest, trained, history, head_only, tuned_results)
     tuned_results |= choice
