@@ -11,9 +11,10 @@ from lightning.pytorch.callbacks import Callback
 
 from conftest import COLOURS, fixture_seed, make_image
 from graft.errors import ConfigError
-from graft.run import RunFiles, load_run, read_results
+from graft.run import RunFiles, load_run, read_manifest, read_results
+from graft.training.families import fit_head_of
 from graft.training.finetune import finetune, save_finetuned
-from graft.training.fit import fit
+from graft.training.fit import fit, labelled_features
 from graft.training.head import resolve_class_weights
 
 
@@ -287,12 +288,17 @@ def test_a_budget_spent_inside_the_first_epoch_still_validates_what_was_trained(
     assert history_epochs(run) == ["0"] and result.kept in ("finetuned", "head-only")
 
 
-def test_with_a_test_part_the_kept_model_is_chosen_on_validation_never_on_test(folder_data, tiny_config, tmp_path):
+def with_test_part(folder_data):
+    """The folder data as a CSV whose every 4th image is in the data's own test part."""
     rows = ["path,label,split"] + [f"{p.relative_to(folder_data)},{p.parent.name},{'test' if i % 4 == 0 else ''}"
                                    for i, p in enumerate(sorted(folder_data.rglob("*.png")))]
     (folder_data / "list.csv").write_text("\n".join(rows) + "\n")
+    return folder_data / "list.csv"
+
+
+def test_with_a_test_part_the_kept_model_is_chosen_on_validation_never_on_test(folder_data, tiny_config, tmp_path):
     config = tiny_config.updated({"finetune.batch_size": 6, "finetune.num_workers": 0})
-    fit(folder_data / "list.csv", tmp_path / "run", config)
+    fit(with_test_part(folder_data), tmp_path / "run", config)
     result = finetune(tmp_path / "run", overrides(**{"finetune.lr": 0.001}), progress=False)
     chosen = result.finetuned
     assert result.finetuned["evaluated_on"] == "test"
@@ -326,3 +332,26 @@ def test_save_finetuned_writes_the_fine_tuned_models_temperature(run):
     model.temperature = 1.7
     save_finetuned(RunFiles(run), model, model.config)
     assert load_run(run).temperature == pytest.approx(1.7)
+
+
+def test_with_a_test_part_fine_tuning_starts_from_a_head_that_never_saw_the_validation_split(folder_data, tiny_config,
+                                                                                            tmp_path):
+    # the run's head learnt train + validation; fine-tuning validates on validation, so it starts from the same head
+    # kind and setting trained on the train split alone
+    config = tiny_config.updated({"finetune.batch_size": 6, "finetune.num_workers": 0, "head.kind": "linear"})
+    fit(with_test_part(folder_data), tmp_path / "run", config)
+    run = load_run(tmp_path / "run")
+    train = read_manifest(tmp_path / "run").where("train")
+    x, y = labelled_features(train, run.manifest_features(train), run.labels)
+    expected, _ = fit_head_of("linear", x, y, len(run.labels), run.config.head, None, tmp_path)
+    started = {}
+
+    class Capture(Callback):
+        def on_train_start(self, trainer, module):
+            started.update({k: v.clone() for k, v in module.head.state_dict().items()})
+
+    result = finetune(tmp_path / "run", overrides(**{"finetune.epochs": 1}), progress=False, callbacks=[Capture()])
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(started[key], value)
+    assert not torch.allclose(started["1.weight"], run.head.state_dict()["1.weight"], atol=1e-3)
+    assert "train split" in result.finetuned["start_head"]
