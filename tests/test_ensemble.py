@@ -96,8 +96,13 @@ def test_fitted_weights_come_from_out_of_fold_predictions(two_runs, tiny_config,
     with pytest.raises(RunError, match="without a test part the validation split is what the ensemble is scored on"):
         make_ensemble([tmp_path / "h1", tmp_path / "h2"], tmp_path / "val", fit_weights=True)
     listed = with_test_part(folder_data)
-    fit(listed, tmp_path / "t1", holdout)
-    fit(listed, tmp_path / "t2", holdout.updated({"head.seed": 3}))
+    fit(listed, tmp_path / "r1", holdout)  # with a test part the head is refit on train + validation
+    fit(listed, tmp_path / "r2", holdout.updated({"head.seed": 3}))
+    with pytest.raises(RunError, match="refit on the validation split"):
+        make_ensemble([tmp_path / "r1", tmp_path / "r2"], tmp_path / "val", fit_weights=True)
+    early_stopped = holdout.updated({"head.refit": False})  # its head never trained on the validation split
+    fit(listed, tmp_path / "t1", early_stopped)
+    fit(listed, tmp_path / "t2", early_stopped.updated({"head.seed": 3}))
     assert make_ensemble([tmp_path / "t1", tmp_path / "t2"], tmp_path / "val", fit_weights=True)[
         "weights_fitted_on"] == "the validation split"
 

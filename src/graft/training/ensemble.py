@@ -14,7 +14,16 @@ from graft.errors import ConfigError, RunError
 from graft.evaluation.metrics import score_probabilities
 from graft.model.ensemble import Ensemble, combine, weighted_average
 from graft.model.fusion import softmax
-from graft.run import RunFiles, evaluation_part, load_run, model_out_of_fold, read_manifest, write_ensemble, write_results
+from graft.run import (
+    RunFiles,
+    evaluation_part,
+    load_run,
+    model_out_of_fold,
+    read_manifest,
+    read_results,
+    write_ensemble,
+    write_results,
+)
 
 
 def make_ensemble(
@@ -57,13 +66,18 @@ def _held_out_predictions(runs: list[Path], ensemble: Ensemble,
     """Each member's probabilities on images it never trained on, on the images every member has them for: a
     cross-fitted member's out-of-fold predictions (every training image); any other member's predictions on the
     validation split - a fine-tuned model never trained on it (its out-of-fold file is the head-only model's), a
-    ``head.selection: holdout`` head at least chose its epochs on it. With any such member the weights are fitted on
-    the validation split, with the cross-fitted members' out-of-fold rows for its images - and only when the data has
-    a test part to score the ensemble on: weights fitted on the split that scores them would flatter them."""
+    ``head.selection: holdout`` head without a refit only chose its epochs on it. With any such member the weights
+    are fitted on the validation split, with the cross-fitted members' out-of-fold rows for its images - and only
+    when the data has a test part to score the ensemble on: weights fitted on the split that scores them would
+    flatter them. A holdout head refit on train + validation has no held-out predictions at all."""
     val, scored_on_val = manifest.where("val"), not manifest.where("test").records
     per_member, own = [], []
     for run, member in zip(runs, ensemble.members, strict=True):
         saved = model_out_of_fold(run)
+        if saved is None and not RunFiles(run).serves_finetuned() and read_results(run).get("head_refit_epochs"):
+            raise RunError(f"{run}: its head was refit on the validation split (head.selection: holdout), so it has "
+                           "no held-out predictions to fit ensemble weights on; give --weights, leave them equal, or "
+                           "fit it with cross-fitting (the default)")
         if saved is None and scored_on_val:
             raise RunError(f"{run}: no held-out predictions of its model to fit ensemble weights on (it is fine-tuned "
                            "or a holdout run, and without a test part the validation split is what the ensemble is "
