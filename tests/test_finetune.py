@@ -317,12 +317,27 @@ def keep_the_fine_tuned_model(monkeypatch):
     monkeypatch.setattr(module, "_validation_choice", lambda *a: choose(*a) | {"head_only_val_S": -1.0})
 
 
-def test_a_kept_fine_tuned_model_is_uncalibrated_and_drops_the_head_only_temperature(run, monkeypatch):
+def test_with_a_test_part_the_fine_tuned_model_gets_its_own_temperature_from_the_validation_split(
+        folder_data, tiny_config, tmp_path, monkeypatch):
+    fit(with_test_part(folder_data), tmp_path / "run", tiny_config.updated({"finetune.num_workers": 0}))
+    keep_the_fine_tuned_model(monkeypatch)
+    result = finetune(tmp_path / "run", overrides(**{"finetune.lr": 0.001}), progress=False)
+    assert result.kept == "finetuned"
+    tuned = result.finetuned
+    assert tuned["calibration"] == "temperature scaling fitted on the validation split (the fine-tuned model never " \
+                                   "trained on it)"
+    assert tuned["temperature"] > 0 and {"ece_before", "ece_after"} <= set(tuned)
+    assert load_run(tmp_path / "run").temperature == pytest.approx(tuned["temperature"], abs=1e-4)
+    assert read_results(tmp_path / "run")["temperature"] == tuned["temperature"]
+
+
+def test_without_a_test_part_the_fine_tuned_model_stays_uncalibrated_and_drops_the_head_only_temperature(
+        run, monkeypatch):
     assert "temperature" in read_results(run)  # the head-only model's
     keep_the_fine_tuned_model(monkeypatch)
     result = finetune(run, overrides(**{"finetune.lr": 0.001}), progress=False)
     assert result.kept == "finetuned"
-    assert result.finetuned["calibration"].startswith("off for the fine-tuned model")
+    assert result.finetuned["calibration"].startswith("skipped: without a test part")
     assert "temperature" not in result.finetuned
     assert load_run(run).temperature == 1.0 and "temperature" not in read_results(run)
 

@@ -1,5 +1,6 @@
 """``graft finetune``: train the whole network of a run in place, compare with head-only on the evaluation split,
-keep the better. The Lightning module is :mod:`graft.training.finetune_module`. Files (:class:`~graft.run.RunFiles`):
+keep the better. The Lightning module is :mod:`graft.training.finetune_module`; the head it starts from and the
+temperature it gets are :mod:`graft.training.finetune_heldout`'s. Files (:class:`~graft.run.RunFiles`):
 a checkpoint every epoch and the best one (``--resume`` continues from the last), the merged epoch history, and -
 only when the fine-tuned model is kept - the fine-tuned backbone (the config then points at it) and a copy of the
 head-only weights.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +46,7 @@ from graft.run import (
     write_state,
     writing,
 )
-from graft.training.families import fit_head_of
+from graft.training.finetune_heldout import calibrate_finetuned, starting_head
 from graft.training.finetune_module import (
     IGNORE,
     EpochLines,
@@ -55,7 +55,6 @@ from graft.training.finetune_module import (
     ValidationInfo,
     default_workers,
 )
-from graft.training.fit import labelled_features
 from graft.training.head import resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, read_rows
 from graft.training.lightning import make_trainer, quiet_lightning
@@ -150,28 +149,6 @@ def _module(classifier: Classifier, config: GraftConfig, train, val, label_index
     return FineTuneModule(copy.deepcopy(classifier.backbone.model), head, config.finetune, info, weights)
 
 
-def starting_head(classifier: Classifier, manifest: Manifest, results: dict[str, Any]) -> tuple[nn.Module, str]:
-    """The head fine-tuning starts from, and where it came from. Fine-tuning validates on the validation split - its
-    early stopping, best epoch and keep decision - so its head must never have learnt that split. The run's own head
-    qualifies when the run is evaluated on it. With a test part, the run's head learnt from train + validation
-    (cross-fitting's final head, or a holdout refit), and the same kind and setting is trained again on the train
-    split's cached features (seconds). Starting from the run's head there made every epoch look good (leafsnap-dev:
-    validation S 0.97 at epoch 1 against 0.13 out of fold) and kept the fine-tuned model by construction."""
-    head_config = classifier.config.head
-    if head_config.selection == "holdout":  # its final head was refit on train + validation for this many epochs
-        refit_epochs = int(results.get("head_only", results).get("head_refit_epochs", 0))
-        head_config = head_config.model_copy(update={"epochs": refit_epochs})
-    if evaluation_part(manifest).records[0].split != "test" or head_config.epochs == 0:
-        return copy.deepcopy(classifier.head), "the run's head (it never saw the validation split)"
-    train = manifest.where("train")
-    feature_set = classifier.manifest_features(train)
-    x, y = labelled_features(train.without(feature_set.failures), feature_set, classifier.labels)
-    weights = resolve_class_weights(head_config.class_weights, classifier.labels, y)
-    with tempfile.TemporaryDirectory() as logs:
-        head, _ = fit_head_of(head_config.kind, x, y, len(classifier.labels), head_config, weights, Path(logs))
-    return head, f"{head_config.kind} head trained on the train split (the run's learnt the validation split)"
-
-
 def _loaders(classifier: Classifier, config: GraftConfig, train, val, label_index) -> tuple[DataLoader, DataLoader]:
     settings, data_config = config.finetune, classifier.backbone.data_config
     decisions = DecisionCache(config.views, config.features.cache_dir) if config.views.enabled else None
@@ -205,11 +182,6 @@ def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra:
 
 
 CALIBRATION_KEYS = frozenset({"temperature", "ece_before", "ece_after", "nll_before", "nll_after"})
-# Fitting the fine-tuned model's temperature on the validation split (images it never trained on, but where it chose
-# its best epoch) was measured and dropped: on seedlings it made Test calibration worse in all 3 seeds (T 0.53-0.83,
-# ECE 0.025-0.030 -> 0.040-0.060, NLL up): the split that picked the epoch flatters the model, and T < 1 sharpens it.
-UNCALIBRATED = "off for the fine-tuned model (temperature 1): a temperature fitted on the validation split, where it " \
-               "chose its best epoch, made test calibration worse"
 
 
 @dataclass
@@ -240,10 +212,12 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     part = evaluation_part(manifest)
     feature_set = tuned.manifest_features(part)
     part = part.without(feature_set.failures)
-    tuned_results = score(tuned, part.records, feature_set.rows_for([r.path for r in part]))
+    plain = feature_set.rows_for([r.path for r in part])
+    calibration = calibrate_finetuned(tuned, manifest, part, plain)  # before scoring: the coverage table uses it
+    tuned_results = score(tuned, part.records, plain) | calibration
     tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
                       "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1),
-                      "calibration": UNCALIBRATED, "start_head": trained.start_head}
+                      "start_head": trained.start_head}
     head_only = previous.get("head_only", previous)
     choice = _validation_choice(files, manifest, trained, history, head_only, tuned_results)
     tuned_results |= choice
@@ -264,6 +238,7 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     plot_curves([("head", read_rows(files.history), head_only.get("head_best_epoch", 1) - 1),
                  ("fine-tune", history, trained.best_epoch)], files.curves, f"{name}: head, then fine-tuning")
     return FineTuneResult(files.root, kept, tuned_results, head_only, trained.epochs, seconds)
+
 
 
 def _validation_choice(files: RunFiles, manifest: Manifest, trained: _TrainedModel, history: list[dict[str, str]],
@@ -297,7 +272,7 @@ def save_finetuned(files: RunFiles, tuned: Classifier, config: GraftConfig) -> N
         files.head_only.write_bytes(files.head.read_bytes())
     write_state(files.finetuned_backbone, tuned.backbone.model)
     write_state(files.head, tuned.head)
-    write_json(files.calibration, {"temperature": tuned.temperature})  # its own: 1.0 after fine-tuning (UNCALIBRATED)
+    write_json(files.calibration, {"temperature": tuned.temperature})  # its own (1.0 if it could not be fitted)
     write_config(files, config.updated({"backbone.weights": files.finetuned_backbone.name}))
     described = tuned.backbone.describe() | {"identity": weights_identity(tuned.backbone.model)}  # what was saved
     write_json(files.backbone, described)

@@ -279,16 +279,18 @@ def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], con
     return TrainedHead(head_fit.head, config, held_out, history, head_fit.best_epoch, results)
 
 
-def calibrate(classifier: Classifier, held_out: tuple[np.ndarray, np.ndarray], evaluation) -> dict[str, float]:
-    """Fit the temperature on held-out logits (out-of-fold, or of a head that never saw the validation part); report
-    ECE and NLL on the evaluation split before and after. Sets ``classifier.temperature``."""
+def calibrate(classifier: Classifier, held_out: tuple[np.ndarray, np.ndarray], evaluation,
+              source: str | None = None) -> dict[str, float]:
+    """Fit the temperature on held-out logits (out-of-fold, or of a head that never saw the validation part; named by
+    ``source``); report ECE and NLL on the evaluation split before and after. Sets ``classifier.temperature``."""
     logits, labels = held_out
     classifier.temperature = fit_temperature(logits, labels) if len(labels) else 1.0
     features, truth = evaluation
     known = truth >= 0
     evaluated = predict_logits(classifier.head, features[known])
     before, after = softmax(evaluated), softmax(evaluated / classifier.temperature)
-    source = "out-of-fold predictions" if classifier.config.head.selection == "crossfit" else "the validation split"
+    source = source or ("out-of-fold predictions" if classifier.config.head.selection == "crossfit" else
+                        "the validation split")
     return {
         "calibration": f"temperature scaling fitted on {source}",
         "temperature": round(classifier.temperature, 4),
