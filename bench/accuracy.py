@@ -2,7 +2,8 @@
 seeds). The seed moves the 3:1 split (data without a test part), the folds and the heads.
 
 Rows: logistic regression and k-NN (scikit-learn on the training part's standardised / normalised features), the
-previous default (MLP, early stopping on the validation split), the new default (cross-fitted head choice), Lite0
+previous default (MLP, early stopping on the validation split), cross-fitting with one head refit on everything
+(``head.bag: false``), the new default (cross-fitted head choice; a chosen MLP is its fold heads averaged), Lite0
 and Lite2 features concatenated, a Lite0 + Lite2 ensemble with out-of-fold weights, and that ensemble with test-time
 augmentation. ``--backbones`` adds a new-default row per backbone (``mobilenetv2_100``, ``a+b`` concatenations...);
 ``--train-views K`` a new-default row trained with K cached augmented views per training image.
@@ -80,10 +81,11 @@ def nearest_member_similarity(x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, 
 def graft_rows(data: Path, config: GraftConfig, work: Path, ensemble: bool, backbones: list[str],
                train_views: int = 0) -> dict[str, dict]:
     rows = {}
-    for name, overrides in (("previous default (MLP, validation early stopping)", {"head.selection": "holdout"}),
-                            ("new default (cross-fitted head)", {})):
-        run = work / name.split()[0]
-        results = fit(data, run, config.updated(overrides)).results
+    for folder, name, overrides in (
+            ("previous", "previous default (MLP, validation early stopping)", {"head.selection": "holdout"}),
+            ("refit", "cross-fitted, one head refit on everything (head.bag false)", {"head.bag": False}),
+            ("new", "new default (cross-fitted head)", {})):
+        results = fit(data, work / folder, config.updated(overrides)).results
         rows[name] = results | {"seconds": results["head_seconds"], "chosen": results["head"]}
     if ensemble:
         both = config.updated({"backbone.name": "tf_efficientnet_lite0+tf_efficientnet_lite2"})

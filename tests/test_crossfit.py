@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
 from graft.model.fusion import softmax
-from graft.model.head import Standardize, predict_logits
+from graft.model.head import HeadBag, Standardize, predict_logits
 from graft.run import RunFiles, load_run, read_manifest, read_out_of_fold
 from graft.training.crossfit import fold_of
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
@@ -55,7 +56,7 @@ def test_out_of_fold_rows_come_from_heads_that_never_saw_their_observation():
     seen, _ = fit_head_of("linear", x, y, 4, config, None, Path("."))
     assert (predict_logits(seen, x).argmax(1) == y).mean() > 0.95
     for family in ([Candidate("linear", 100.0)], [Candidate("prototype", 20.0)], [Candidate("mlp", 30.0)]):
-        oof = out_of_fold(family, x, y, fold, 4, config, None, Path("/tmp"))[family[0]]
+        oof = out_of_fold(family, x, y, fold, 4, config, None, Path("/tmp")).logits[family[0]]
         assert (oof.argmax(1) == y).mean() < 0.5, family
 
 
@@ -67,8 +68,8 @@ def test_mlp_snapshots_equal_separate_runs_of_those_epoch_counts(tmp_path):
     config = HeadConfig(width=8, epochs=6)
     both = out_of_fold([Candidate("mlp", 3.0), Candidate("mlp", 6.0)], x, y, fold, 3, config, None, tmp_path)
     alone = out_of_fold([Candidate("mlp", 3.0)], x, y, fold, 3, config.model_copy(update={"epochs": 3}), None, tmp_path)
-    assert np.allclose(both[Candidate("mlp", 3.0)], alone[Candidate("mlp", 3.0)], atol=1e-5)
-    assert not np.allclose(both[Candidate("mlp", 3.0)], both[Candidate("mlp", 6.0)])
+    assert np.allclose(both.logits[Candidate("mlp", 3.0)], alone.logits[Candidate("mlp", 3.0)], atol=1e-5)
+    assert not np.allclose(both.logits[Candidate("mlp", 3.0)], both.logits[Candidate("mlp", 6.0)])
 
 
 def test_linear_head_solves_scikit_learns_logistic_regression_problem(tmp_path):
@@ -136,6 +137,42 @@ def test_fit_chooses_the_best_out_of_fold_s_and_the_run_rebuilds_that_head(folde
     paths, logits = read_out_of_fold(tmp_path / "run")
     assert len(paths) == result.results["n_train_images"] and logits.shape[1] == 3
     assert RunFiles(tmp_path / "run").out_of_fold.is_file()
+
+
+def test_a_bag_outputs_the_log_of_its_members_mean_probability():
+    torch.manual_seed(0)
+    members = [torch.nn.Linear(4, 3) for _ in range(3)]
+    x = torch.randn(5, 4)
+    mean = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+    assert torch.allclose(HeadBag(members)(x), mean.log(), atol=1e-6)
+
+
+def test_a_chosen_mlp_is_its_fold_heads_averaged_and_each_made_its_folds_out_of_fold_rows(
+        folder_data, tiny_config, tmp_path):
+    from graft.serving.engine import load_engine
+    from graft.serving.onnx import export_onnx
+
+    result = fit(folder_data, tmp_path / "run", tiny_config.updated({"head.kind": "mlp"}))
+    model = load_run(tmp_path / "run")  # rebuilt from config.yaml + head.safetensors
+    with np.load(RunFiles(tmp_path / "run").out_of_fold) as saved:
+        paths, fold, logits = [Path(p) for p in saved["paths"]], saved["fold"], saved["logits"]
+    assert isinstance(model.head, HeadBag)
+    assert len(model.head.members) == model.config.head.members == result.results["head_members"] == fold.max() + 1
+    features = model.manifest_features(read_manifest(tmp_path / "run")).rows_for(paths)
+    for k, member in enumerate(model.head.members):  # no refit: the bag is the heads that never saw their fold
+        assert np.allclose(predict_logits(member, features[fold == k]), logits[fold == k], atol=1e-4)
+    export_onnx(tmp_path / "run")  # the bag exports and serves like any head
+    images = [Image.open(p).convert("RGB") for p in paths[:3]]
+    assert np.abs(load_engine(tmp_path / "run", "torch").probabilities(images, [""] * 3)
+                  - load_engine(tmp_path / "run").probabilities(images, [""] * 3)).max() < 1e-4
+
+
+@pytest.mark.parametrize("setting", [{"head.bag": False}, {"head.selection": "holdout"}])
+def test_with_bag_off_a_chosen_mlp_is_one_head_refit_on_everything(folder_data, tiny_config, tmp_path, setting):
+    reused = {"head.kind": "mlp", "head.members": 4} | setting  # members as a previous run's config.yaml wrote them
+    fit(folder_data, tmp_path / "run", tiny_config.updated(reused))
+    model = load_run(tmp_path / "run")
+    assert isinstance(model.head, torch.nn.Sequential) and model.config.head.members == 1
 
 
 def test_calibration_comes_from_out_of_fold_predictions_even_with_a_test_part(folder_data, tiny_config, tmp_path):

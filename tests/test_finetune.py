@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from conftest import COLOURS, fixture_seed, make_image
 from graft.errors import ConfigError
+from graft.model.head import HeadBag, members_of
 from graft.run import RunFiles, load_run, read_manifest, read_results
 from graft.training.families import fit_head_of
 from graft.training.finetune import finetune, save_finetuned
@@ -370,3 +371,18 @@ def test_with_a_test_part_fine_tuning_starts_from_a_head_that_never_saw_the_vali
         torch.testing.assert_close(started[key], value)
     assert not torch.allclose(started["1.weight"], run.head.state_dict()["1.weight"], atol=1e-3)
     assert "train split" in result.finetuned["start_head"]
+
+
+@pytest.mark.parametrize("test_part", [False, True])
+def test_a_bagged_mlp_run_fine_tunes_and_reloads_with_the_head_it_kept(folder_data, tiny_config, tmp_path, monkeypatch,
+                                                                       test_part):
+    data = with_test_part(folder_data) if test_part else folder_data
+    config = tiny_config.updated({"head.kind": "mlp", "finetune.batch_size": 6, "finetune.num_workers": 0})
+    fit(data, tmp_path / "run", config)
+    assert isinstance(load_run(tmp_path / "run").head, HeadBag)
+    keep_the_fine_tuned_model(monkeypatch)
+    assert finetune(tmp_path / "run", overrides(), progress=False).kept == "finetuned"
+    model = load_run(tmp_path / "run")
+    # without a test part it starts from (and fine-tunes) the run's bag; with one, from one head trained on train
+    assert isinstance(model.head, HeadBag) != test_part
+    assert model.config.head.members == members_of(model.head)

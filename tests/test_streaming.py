@@ -84,9 +84,9 @@ def test_out_of_fold_from_disk_equals_in_memory_for_a_deterministic_head(tmp_pat
     x, y = blobs(n=120)
     fold = np.arange(120) % 4
     family = [Candidate("prototype", 20.0)]
-    memory = out_of_fold(family, x, y, fold, 6, HeadConfig(), None, tmp_path)[family[0]]
+    memory = out_of_fold(family, x, y, fold, 6, HeadConfig(), None, tmp_path).logits[family[0]]
     streamed = out_of_fold(family, write_rows(tmp_path / "x.npy", x), y, fold, 6, HeadConfig(), None,
-                           tmp_path)[family[0]]
+                           tmp_path).logits[family[0]]
     assert np.allclose(memory, streamed, atol=1e-3)
 
 

@@ -4,12 +4,15 @@ Three kinds, one storage format (safetensors) and one inference path (``predict_
   mlp        the seed's dense head: 3 x 512 SELU, dropout 0.5, softmax
   linear     multinomial logistic regression on standardised features (what few-shot data needs)
   prototype  cosine similarity to each class's mean feature (nearest class mean), times a scale
+An MLP may be a :class:`HeadBag` of several (cross-fitting's fold heads), whose output is their averaged probability.
 
 Every kind starts with a :class:`Standardize` layer holding the training features' statistics with the weights, so
 a saved head needs no separate scaler.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -60,9 +63,27 @@ class Prototypes(nn.Module):
         return self.scale * nn.functional.normalize(x, dim=1) @ self.prototypes.T
 
 
-def build_head(num_features: int, num_classes: int, config: HeadConfig) -> nn.Sequential:
+class HeadBag(nn.Module):
+    """Heads whose probabilities are averaged: the output is ``log(mean softmax)``, a log-probability that the rest of
+    graft treats as logits (softmax of it is the mean probability). Cross-fitting's K fold heads make one for free:
+    each saw 4/5 of the data, and their average beat one head refit on all of it (``head.bag``)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_probabilities = torch.stack([member(x).log_softmax(1) for member in self.members])
+        return torch.logsumexp(log_probabilities, 0) - math.log(len(self.members))
+
+
+def build_head(num_features: int, num_classes: int, config: HeadConfig) -> nn.Module:
     """``Standardize``, then by ``config.kind``: the MLP (``hidden_layers`` x (Linear, activation, Dropout), then a
-    Linear to class logits), a single Linear (``linear``), or :class:`Prototypes` (``prototype``)."""
+    Linear to class logits) - a :class:`HeadBag` of ``config.members`` of them when more than one -, a single Linear
+    (``linear``), or :class:`Prototypes` (``prototype``)."""
+    if config.kind in ("mlp", "auto") and config.members > 1:
+        single = config.model_copy(update={"members": 1})
+        return HeadBag([build_head(num_features, num_classes, single) for _ in range(config.members)])
     layers: list[nn.Module] = [Standardize(num_features)]
     if config.kind == "prototype":
         return nn.Sequential(*layers, Prototypes(num_features, num_classes, config.scale))
@@ -72,6 +93,11 @@ def build_head(num_features: int, num_classes: int, config: HeadConfig) -> nn.Se
         width_in = config.width
     layers.append(nn.Linear(width_in, num_classes))
     return nn.Sequential(*layers)
+
+
+def members_of(head: nn.Module) -> int:
+    """How many heads ``head`` averages (``head.members`` in a config that rebuilds it)."""
+    return len(head.members) if isinstance(head, HeadBag) else 1
 
 
 def predict_logits(head: nn.Module, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:

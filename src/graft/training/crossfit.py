@@ -3,8 +3,9 @@
 K folds over the part of the data a run does not evaluate on, grouped by observation (an observation's photos are
 never split) and stratified by label. Every candidate (head family x setting) predicts each image from a head that
 never saw its observation; the candidate with the best out-of-fold S - the task's metric, not a loss - is retrained on
-everything. Its out-of-fold logits are what calibration, the reject table, fusion rules and ensemble weights are fitted
-on: unlike a 3:1 validation split on few-shot data, they cover every training image.
+everything, or (the MLP, ``head.bag``) its K fold heads become the final head, their probabilities averaged. Its
+out-of-fold logits are what calibration, the reject table, fusion rules and ensemble weights are fitted on: unlike a
+3:1 validation split on few-shot data, they cover every training image.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
 from graft.evaluation.metrics import score_logits
+from graft.model.head import HeadBag
 from graft.rows import RowFile
 from graft.run import head_selection_table
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
@@ -59,6 +61,7 @@ class Selection:
     rows: list[dict[str, Any]]  # one per candidate: its out-of-fold scores and seconds
     logits: Rows  # [n, C] out-of-fold logits of the chosen candidate, rows as the training records
     fold: np.ndarray
+    fold_heads: list[nn.Module]  # the chosen candidate's K fold heads (the MLP; empty for the other families)
 
     def table(self) -> str:
         return head_selection_table(self.rows)
@@ -76,34 +79,37 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
     for candidate in candidates(config, images_per_class):
         families.setdefault(candidate.kind, []).append(candidate)
     rows: list[dict[str, Any]] = []
-    chosen, chosen_logits, chosen_s = None, None, -1.0
+    chosen, chosen_logits, chosen_heads, chosen_s = None, None, [], -1.0
     for family in families.values():
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as fold_logs:  # the folds' heads are thrown away, and so are their logs
+        with tempfile.TemporaryDirectory() as fold_logs:  # the folds' logs go; only the MLP's heads are kept (bag)
             found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs),
                                 extra, scratch)
         seconds = (time.perf_counter() - start) / len(family)
-        for candidate, oof in found.items():
+        for candidate, oof in found.logits.items():
             scores = score_logits(oof, records, label_names, fusion)
             rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
                          **{k: scores[k] for k in ("S", "top1", "top3", "top5")}, "seconds": round(seconds, 2)})
             if scores["S"] > chosen_s:  # ties keep the first, i.e. the simpler family
                 oof, chosen_logits = chosen_logits, oof
-                chosen, chosen_s = candidate, scores["S"]
+                chosen, chosen_s, chosen_heads = candidate, scores["S"], found.fold_heads.get(candidate, [])
             if isinstance(oof, RowFile):  # the one not kept
                 oof.path.unlink()
-        del found  # only the leader's [n, C] logits are kept: 7 candidates' would be 7 x n x C floats
+        del found  # only the leader's [n, C] logits (and heads) are kept: 7 candidates' would be 7 x n x C floats
     for row in rows:
         row["chosen"] = row["head"] == chosen.name
-    return Selection(chosen, rows, chosen_logits, fold)
+    return Selection(chosen, rows, chosen_logits, fold, chosen_heads)
 
 
 def final_head(selection: Selection, features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
                weights: torch.Tensor | None, log_dir: Path, progress: bool = False,
-               extra: np.ndarray | None = None) -> tuple[nn.Sequential, HeadConfig, Path | None]:
+               extra: np.ndarray | None = None) -> tuple[nn.Module, HeadConfig, Path | None]:
     """The chosen candidate trained on all of the training part (and its augmented views), the resolved head
-    settings that rebuild it, and (MLP) its epoch log."""
-    resolved = selection.chosen.config(config)
+    settings that rebuild it, and (MLP) its epoch log. A chosen MLP with ``head.bag`` is instead its K fold heads
+    as one :class:`HeadBag`: nothing is retrained, and the bag has no epoch log of its own."""
+    resolved = selection.chosen.config(config).model_copy(update={"members": 1})  # whatever a reused config said
+    if resolved.kind == "mlp" and config.bag and len(selection.fold_heads) > 1:
+        return HeadBag(selection.fold_heads), resolved.model_copy(update={"members": len(selection.fold_heads)}), None
     x, y = with_augmented(features, labels, extra)
     head, log = fit_head_of(resolved.kind, x, y, num_classes, resolved, weights, log_dir, progress)
     return head, resolved, log

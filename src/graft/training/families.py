@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,17 @@ def fit_head_of(kind: str, features: Rows, labels: np.ndarray, num_classes: int,
 
 
 class _Snapshots(Callback):
-    """Logits of held-out features (rows ``positions``) into each epoch count's sink as training passes it."""
+    """Logits of held-out features (rows ``positions``) into each epoch count's sink as training passes it, and a
+    copy of the head then (``heads``): with ``head.bag`` the chosen count's fold heads are the final head."""
 
-    def __init__(self, features: Rows, positions: np.ndarray, sinks: dict[int, LogitSink]):
-        self.features, self.positions, self.sinks = features, positions, sinks
+    def __init__(self, features: Rows, positions: np.ndarray, sinks: dict[int, LogitSink],
+                 heads: dict[int, list[nn.Module]]):
+        self.features, self.positions, self.sinks, self.heads = features, positions, sinks, heads
 
     def on_train_epoch_end(self, trainer, module: HeadModule):
         if trainer.current_epoch + 1 in self.sinks:
             self.sinks[trainer.current_epoch + 1].put(module.head, self.features, self.positions)
+            self.heads[trainer.current_epoch + 1].append(copy.deepcopy(module.head).eval())
             module.head.train()
 
 
@@ -100,25 +104,35 @@ def with_augmented(features: Rows, labels: np.ndarray, extra: np.ndarray | None,
             np.concatenate([y, np.repeat(y, copies.shape[1])]))
 
 
+@dataclass
+class OutOfFold:
+    """Per candidate of one family: ``[n, C]`` out-of-fold logits, and (MLP) the K fold heads that made them."""
+
+    logits: dict[Candidate, Rows]
+    fold_heads: dict[Candidate, list[nn.Module]]
+
+
 def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fold: np.ndarray,
                 num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
-                log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None) -> dict[Candidate, Rows]:
+                log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None) -> OutOfFold:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
     (nor any augmented view of it: ``extra`` rows train with their originals' fold). Features on disk get their
     logits on disk too, as row files in ``scratch``."""
     on_disk = scratch is not None and isinstance(features, RowFile)
     sinks = {c: LogitSink(len(labels), num_classes, scratch / f"oof-{c.kind}-{c.value:g}.npy" if on_disk else None)
              for c in family}
+    heads: dict[int, list[nn.Module]] = {int(c.value): [] for c in family}
     for k in np.unique(fold):
         held, kept = fold == k, fold != k
         positions, held_rows = np.flatnonzero(held), take_rows(features, held)
         x, y = with_augmented(features, labels, extra, kept)
         if family[0].kind == "mlp":
-            snapshots = _Snapshots(held_rows, positions, {int(c.value): sinks[c] for c in family})
+            snapshots = _Snapshots(held_rows, positions, {int(c.value): sinks[c] for c in family}, heads)
             fold_config = config.model_copy(update={"epochs": max(snapshots.sinks)})
             fit_head_epochs(x, y, num_classes, fold_config, weights, log_dir, f"fold-{k}", False, [snapshots])
             continue
         for candidate in family:
             head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir)
             sinks[candidate].put(head, held_rows, positions)
-    return {candidate: sink.result() for candidate, sink in sinks.items()}
+    fold_heads = {c: heads[int(c.value)] for c in family if c.kind == "mlp"}
+    return OutOfFold({candidate: sink.result() for candidate, sink in sinks.items()}, fold_heads)

@@ -33,6 +33,7 @@ from graft.features.augment import training_transform
 from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
 from graft.features.preparation import Preparation
 from graft.model.classifier import Classifier
+from graft.model.head import members_of
 from graft.run import (
     RunFiles,
     evaluation_part,
@@ -202,8 +203,8 @@ class _TrainedModel:
             model = model.to(memory_format=torch.channels_last)
         original = self.start.backbone
         tuned = Backbone(original.name, model, original.pooling, weights_identity(model), original.data_config, layout)
-        return Classifier(tuned, self.module.head.eval(), self.start.labels, self.config,
-                          taxonomy=self.start.taxonomy)
+        config = self.config.updated({"head.members": members_of(self.module.head)})  # a bag, or one start head
+        return Classifier(tuned, self.module.head.eval(), self.start.labels, config, taxonomy=self.start.taxonomy)
 
 
 def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, history: list[dict[str, str]],
@@ -223,7 +224,7 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     tuned_results |= choice
     kept = "finetuned" if choice["finetuned_val_S"] > choice["head_only_val_S"] else "head-only"
     if kept == "finetuned":
-        save_finetuned(files, tuned, trained.config)
+        save_finetuned(files, tuned, tuned.config)
     chosen = tuned_results if kept == "finetuned" else head_only
     stale = CALIBRATION_KEYS - set(chosen)  # the head-only model's temperature and ECE say nothing of the other one
     results = {**{k: v for k, v in head_only.items() if k not in stale},

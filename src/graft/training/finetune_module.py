@@ -28,6 +28,7 @@ from graft.data.manifest import ImageRecord
 from graft.errors import ImageError
 from graft.evaluation.metrics import UNKNOWN, observation_scores
 from graft.features.preparation import Preparation
+from graft.model.head import Standardize
 from graft.views.decisions import DecisionCache
 
 IGNORE = UNKNOWN  # label of an image that could not be decoded: contributes nothing
@@ -101,7 +102,9 @@ class FineTuneModule(L.LightningModule):
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        self.head[0].eval()  # the standardisation layer is fixed
+        for module in self.head.modules():
+            if isinstance(module, Standardize):  # the standardisation layer(s) are fixed
+                module.eval()
         return self
 
     def training_forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -160,6 +160,7 @@ def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature
         "images_per_second": classifier.measure_throughput(evaluated),
         "backbone": backbone.name,
         "head": trained.config.head.kind,
+        "head_members": trained.config.head.members,  # > 1: the MLP is its K fold heads, averaged (head.bag)
         "features_extracted": feature_set.extracted,
         "features_streamed": isinstance(feature_set.features, RowFile),  # head.memory_mb exceeded: read from disk
         "extraction_seconds": round(feature_set.seconds, 3),
@@ -247,7 +248,8 @@ def _calibration_sample(logits: Rows, labels: np.ndarray, limit: int = CALIBRATI
 
 
 def _history(files: RunFiles, head: nn.Module, log: Path | None, x: Rows, y: np.ndarray) -> list[dict[str, str]]:
-    """The final head's epochs (MLP: Lightning's log; the other kinds are fitted in one go: one row)."""
+    """The final head's epochs (MLP: Lightning's log); one row of its training loss for the other kinds, fitted in one
+    go, and for a bag of fold heads (their epoch logs went with the folds)."""
     if log is not None:
         return merge_epoch_rows(log, files.history)
     loss = correct = 0.0
@@ -262,7 +264,7 @@ def _history(files: RunFiles, head: nn.Module, log: Path | None, x: Rows, y: np.
 def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
              progress: bool) -> TrainedHead:
     """The previous default: early stopping on the validation split, then a refit on train+val with a test part."""
-    config = config.model_copy(update={"head": config.head.model_copy(update={"kind": "mlp"})})
+    config = config.model_copy(update={"head": config.head.model_copy(update={"kind": "mlp", "members": 1})})
     train = labelled_features(manifest.where("train"), feature_set, labels)
     val_part = manifest.where("val")
     val = labelled_features(val_part, feature_set, labels)

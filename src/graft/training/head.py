@@ -148,7 +148,7 @@ def fit_head_epochs(features: Rows, labels: np.ndarray, num_classes: int, config
 def _module(train: tuple[np.ndarray, np.ndarray], num_classes: int, config: HeadConfig,
             weights: torch.Tensor | None) -> HeadModule:
     L.seed_everything(config.seed, verbose=False)
-    head = build_head(train[0].shape[1], num_classes, config)
+    head = build_head(train[0].shape[1], num_classes, config.model_copy(update={"members": 1}))  # one is trained
     fit_standardize(head[0], train[0])
     return HeadModule(head, config, weights)
 
