@@ -25,8 +25,11 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from graft.config import GraftConfig
+from graft.data.manifest import Manifest
 from graft.evaluation.evaluate import evaluate_model
 from graft.evaluation.metrics import score_probabilities
+from graft.features.backbones import create_backbone
+from graft.features.feature_set import FeatureSet
 from graft.features.tta import DEFAULT_TTA
 from graft.model.classifier import Classifier
 from graft.run import evaluation_part, load_model
@@ -39,20 +42,23 @@ DATA = {"leafsnap-dev": SHARED / "leafsnap-dev", "flavia": SHARED / "flavia",
 KEYS = ("S", "top1", "top5")
 
 
-def sklearn_baselines(data: Path, config: GraftConfig) -> dict[str, dict]:
-    """Logistic regression (C=1, standardised) and 5-NN (cosine, distance-weighted) on the training part.
-
-    graft's rank rule resolves ties in the true label's favour; k-NN gives most classes probability 0, so its classes
-    without votes are ordered by their nearest member's similarity instead of tying."""
+def cached_parts(data: Path, config: GraftConfig) -> tuple[FeatureSet, Manifest, Manifest, list[str]]:
+    """The data's cached features, the part a run trains on, the part it is evaluated on, and the training labels."""
     manifest, _ = prepare_manifest(data, config)
-    from graft.features.backbones import create_backbone
-
     classifier = Classifier(create_backbone(**config.backbone.model_dump()), None, [], config)
     feature_set = classifier.manifest_features(manifest)
     manifest = manifest.without(feature_set.failures)
     evaluated = evaluation_part(manifest)
     training = manifest.without([r.path for r in evaluated])
-    labels = sorted({r.label for r in training})
+    return feature_set, training, evaluated, sorted({r.label for r in training})
+
+
+def sklearn_baselines(data: Path, config: GraftConfig) -> dict[str, dict]:
+    """Logistic regression (C=1, standardised) and 5-NN (cosine, distance-weighted) on the training part.
+
+    graft's rank rule resolves ties in the true label's favour; k-NN gives most classes probability 0, so its classes
+    without votes are ordered by their nearest member's similarity instead of tying."""
+    feature_set, training, evaluated, labels = cached_parts(data, config)
     x, y = labelled_features(training, feature_set, labels)
     x_eval = feature_set.rows_for([r.path for r in evaluated])
     rows = {}

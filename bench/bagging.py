@@ -15,26 +15,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from accuracy import DATA  # bench/ is on sys.path when run as a script
+from accuracy import DATA, cached_parts  # bench/ is on sys.path when run as a script
 
 from graft.config import GraftConfig
 from graft.evaluation.metrics import score_logits
-from graft.features.backbones import create_backbone
-from graft.model.classifier import Classifier
 from graft.model.head import predict_logits
-from graft.run import evaluation_part
 from graft.training.crossfit import cross_fit, final_head, fold_of
-from graft.training.fit import labelled_features, prepare_manifest
+from graft.training.fit import labelled_features
 
 
 def training_features(data: Path, config: GraftConfig):
     """Cached features, labels and records of the part of the data a run trains on (never its evaluation part)."""
-    manifest, _ = prepare_manifest(data, config)
-    classifier = Classifier(create_backbone(**config.backbone.model_dump()), None, [], config)
-    feature_set = classifier.manifest_features(manifest)
-    manifest = manifest.without(feature_set.failures)
-    training = manifest.without([r.path for r in evaluation_part(manifest)])
-    labels = sorted({r.label for r in training})
+    feature_set, training, _, labels = cached_parts(data, config)
     x, y = labelled_features(training, feature_set, labels)
     return x, y, training.records, labels
 

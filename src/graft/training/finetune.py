@@ -97,7 +97,8 @@ def finetune(
     train, val = _training_records(manifest, settings.min_vote), manifest.where("val").records
     label_index = {label: i for i, label in enumerate(classifier.labels)}
     L.seed_everything(settings.seed, workers=True, verbose=False)  # a resume then restores the saved streams
-    head, origin = starting_head(classifier, manifest, read_results(files.root))
+    previous = read_results(files.root)  # the head-only model's results (fine-tuning only writes at the end)
+    head, origin = starting_head(classifier, manifest, previous)
     module = _module(classifier, config, train, val, label_index, head)
     if resume and not files.last_checkpoint.is_file():
         raise RunError(f"{files.last_checkpoint} not found: nothing to resume; "
@@ -119,7 +120,6 @@ def finetune(
     best = _best_checkpoint(files)
     module.load_state_dict(best["state_dict"])
     trained = _TrainedModel(classifier, module, config, int(best["epoch"]), trainer.current_epoch, origin)
-    previous = read_results(files.root)
     with writing(files):  # rank 0 only: what it writes makes the run either fully head-only or fully fine-tuned
         return _keep_better(files, trained, manifest, history, previous, time.perf_counter() - start)
 
@@ -239,7 +239,6 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     plot_curves([("head", read_rows(files.history), head_only.get("head_best_epoch", 1) - 1),
                  ("fine-tune", history, trained.best_epoch)], files.curves, f"{name}: head, then fine-tuning")
     return FineTuneResult(files.root, kept, tuned_results, head_only, trained.epochs, seconds)
-
 
 
 def _validation_choice(files: RunFiles, manifest: Manifest, trained: _TrainedModel, history: list[dict[str, str]],
