@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from graft.config import HeadConfig
-from graft.model.head import Standardize, build_head
+from graft.model.head import FastDropout, Standardize, build_head
 from graft.training.head import class_weights, fit_head
 
 
@@ -22,6 +22,18 @@ def test_default_head_is_the_seeds():
     assert sum(isinstance(m, nn.SELU) for m in head) == 3
     assert [m.p for m in head if isinstance(m, nn.Dropout)] == [0.5, 0.5, 0.5]
     assert isinstance(head[0], Standardize)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_dropout_zeroes_units_with_probability_p_scales_the_rest_and_is_off_in_eval(p):
+    torch.manual_seed(0)
+    x = torch.rand(400, 500) + 0.5  # no zeros of its own
+    dropout = FastDropout(p).train()
+    y = dropout(x)
+    assert (y == 0).float().mean().item() == pytest.approx(p, abs=0.01)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / (1 - p))  # the expected activation is unchanged
+    assert torch.equal(dropout.eval()(x), x)
 
 
 def test_class_weights_are_inverse_frequency():
