@@ -72,6 +72,25 @@ def test_mlp_snapshots_equal_separate_runs_of_those_epoch_counts(tmp_path):
     assert not np.allclose(both.logits[Candidate("mlp", 3.0)], both.logits[Candidate("mlp", 6.0)])
 
 
+def test_mlp_grid_stops_at_the_first_epoch_count_that_does_not_beat_the_best_before_it(tmp_path):
+    recs = records(n_labels=3, observations=6, images=2)
+    x = np.random.default_rng(0).normal(size=(len(recs), 8)).astype(np.float32)
+    y = np.array([int(r.label[1:]) for r in recs])
+    fold = fold_of(recs, 3, seed=0)
+    config = HeadConfig(width=8, epochs=4)
+    family = [Candidate("mlp", float(e)) for e in (1, 2, 3, 4)]
+    scripted = iter([0.5, 0.6, 0.6, 0.9])  # counts 1, 2, 3 (a tie is no gain: stop there), 4 never trained
+    found = out_of_fold(family, x, y, fold, 3, config, None, tmp_path / "stop", score=lambda _: {"S": next(scripted)})
+    assert list(found.scores) == family[:3]
+    assert list(found.logits) == list(found.fold_heads) == [family[1]]  # only the best count's are kept
+    assert len(found.fold_heads[family[1]]) == 3
+    epochs = {line.split(",")[0] for line in (tmp_path / "stop" / "folds" / "metrics.csv").read_text().splitlines()[1:]}
+    assert epochs == {"0", "1", "2"}
+    everything = out_of_fold(family, x, y, fold, 3, config, None, tmp_path / "all")  # no score: every count, kept
+    assert list(everything.logits) == family
+    assert np.allclose(found.logits[family[1]], everything.logits[family[1]], atol=1e-6)
+
+
 def test_linear_head_solves_scikit_learns_logistic_regression_problem(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 90)
@@ -122,7 +141,7 @@ def test_auto_tries_every_family_unless_told_to_skip_the_mlp_on_small_data():
     many = {c.kind for c in candidates(config, images_per_class=5000)}
     assert few == {"linear", "prototype"} and many == {"linear", "prototype", "mlp"}
     assert [c.value for c in candidates(config.model_copy(update={"kind": "linear"}), 5)] == config.c_grid
-    assert [c.value for c in candidates(HeadConfig(), 5) if c.kind == "mlp"] == [10, 20]  # 40 never changed a choice
+    assert [c.value for c in candidates(HeadConfig(), 5) if c.kind == "mlp"] == [5, 10, 15, 20]  # 40 never mattered
 
 
 def test_fit_chooses_the_best_out_of_fold_s_and_the_run_rebuilds_that_head(folder_data, tiny_config, tmp_path):

@@ -79,17 +79,21 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
     for candidate in candidates(config, images_per_class):
         families.setdefault(candidate.kind, []).append(candidate)
     rows: list[dict[str, Any]] = []
+
+    def score(logits: Rows) -> dict[str, Any]:
+        return score_logits(logits, records, label_names, fusion)
+
     chosen, chosen_logits, chosen_heads, chosen_s = None, None, [], -1.0
     for family in families.values():
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as fold_logs:  # the folds' logs go; only the MLP's heads are kept (bag)
             found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs),
-                                extra, scratch)
-        seconds = (time.perf_counter() - start) / len(family)
-        for candidate, oof in found.logits.items():
-            scores = score_logits(oof, records, label_names, fusion)
+                                extra, scratch, score)
+        seconds = (time.perf_counter() - start) / len(found.scores)
+        for candidate, scores in found.scores.items():
             rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
                          **{k: scores[k] for k in ("S", "top1", "top3", "top5")}, "seconds": round(seconds, 2)})
+            oof = found.logits.get(candidate)  # the MLP keeps only its best count's
             if scores["S"] > chosen_s:  # ties keep the first, i.e. the simpler family
                 oof, chosen_logits = chosen_logits, oof
                 chosen, chosen_s, chosen_heads = candidate, scores["S"], found.fold_heads.get(candidate, [])

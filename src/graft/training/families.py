@@ -4,26 +4,27 @@
              torch's L-BFGS (:func:`graft.training.streaming.fit_linear`) straight into the head's Linear, so it is
              saved and served like every other head; its setting is C (inverse L2 strength)
   prototype  class means of the standardised, normalised features; its setting is the logit scale
-  mlp        the seed's head trained by Lightning (:mod:`graft.training.head`); its setting is the epoch count, and
-             one run per fold yields every count of the grid (the logits are taken as training passes each one)
+  mlp        the seed's head trained by Lightning (:mod:`graft.training.head`); its setting is the epoch count: the
+             K fold heads train side by side and are scored as training passes each count of the grid
+             (:mod:`graft.training.fold_heads`)
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from graft.config import HeadConfig
 from graft.errors import ConfigError
 from graft.model.head import build_head
 from graft.rows import RowFile
-from graft.training.head import HeadModule, fit_head_epochs
+from graft.training.fold_heads import Score, train_fold_heads
+from graft.training.head import fit_head_epochs
 from graft.training.streaming import LogitSink, Rows, fit_linear, fit_prototypes, fit_standardize, take_rows
 
 ABSENT = -30.0  # logit of a class a fold's training part lacks: it can never be the answer there
@@ -73,21 +74,6 @@ def fit_head_of(kind: str, features: Rows, labels: np.ndarray, num_classes: int,
     return head.eval(), None
 
 
-class _Snapshots(Callback):
-    """Logits of held-out features (rows ``positions``) into each epoch count's sink as training passes it, and a
-    copy of the head then (``heads``): with ``head.bag`` the chosen count's fold heads are the final head."""
-
-    def __init__(self, features: Rows, positions: np.ndarray, sinks: dict[int, LogitSink],
-                 heads: dict[int, list[nn.Module]]):
-        self.features, self.positions, self.sinks, self.heads = features, positions, sinks, heads
-
-    def on_train_epoch_end(self, trainer, module: HeadModule):
-        if trainer.current_epoch + 1 in self.sinks:
-            self.sinks[trainer.current_epoch + 1].put(module.head, self.features, self.positions)
-            self.heads[trainer.current_epoch + 1].append(copy.deepcopy(module.head).eval())
-            module.head.train()
-
-
 def with_augmented(features: Rows, labels: np.ndarray, extra: np.ndarray | None,
                    rows: np.ndarray | slice = slice(None)) -> tuple[Rows, np.ndarray]:
     """The training rows ``rows`` and, when there are cached augmented views (``extra``: ``[n, K, D]``), their K
@@ -106,33 +92,49 @@ def with_augmented(features: Rows, labels: np.ndarray, extra: np.ndarray | None,
 
 @dataclass
 class OutOfFold:
-    """Per candidate of one family: ``[n, C]`` out-of-fold logits, and (MLP) the K fold heads that made them."""
+    """Per candidate of one family that was tried: its out-of-fold scores (when a ``score`` was given); the ``[n, C]``
+    out-of-fold logits of every candidate (linear, prototype) or of the best one (MLP, whose grid stops early); and
+    (MLP) the K fold heads that made them."""
 
+    scores: dict[Candidate, dict[str, Any]]
     logits: dict[Candidate, Rows]
     fold_heads: dict[Candidate, list[nn.Module]]
 
 
 def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fold: np.ndarray,
                 num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
-                log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None) -> OutOfFold:
+                log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None,
+                score: Score | None = None) -> OutOfFold:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
-    (nor any augmented view of it: ``extra`` rows train with their originals' fold). Features on disk get their
-    logits on disk too, as row files in ``scratch``."""
+    (nor any augmented view of it: ``extra`` rows train with their originals' fold), scored by ``score``. Features
+    on disk get their logits on disk too, as row files in ``scratch``. The MLP's K fold heads train side by side and
+    stop at the first epoch count that does not beat the best before it (:mod:`graft.training.fold_heads`; without
+    a ``score``, every count)."""
     on_disk = scratch is not None and isinstance(features, RowFile)
-    sinks = {c: LogitSink(len(labels), num_classes, scratch / f"oof-{c.kind}-{c.value:g}.npy" if on_disk else None)
-             for c in family}
-    heads: dict[int, list[nn.Module]] = {int(c.value): [] for c in family}
+
+    def sink(candidate: Candidate) -> LogitSink:
+        path = scratch / f"oof-{candidate.kind}-{candidate.value:g}.npy" if on_disk else None
+        return LogitSink(len(labels), num_classes, path)
+
+    if family[0].kind == "mlp":
+        rows, row_labels, fold_of_row = features, labels, fold  # no copy: each fold's rows are drawn by index
+        if extra is not None and extra.shape[1]:
+            rows, row_labels = with_augmented(features, labels, extra)
+            fold_of_row = np.concatenate([fold, np.repeat(fold, extra.shape[1])])
+        grid = sorted(int(c.value) for c in family)
+        found = train_fold_heads(rows, row_labels, fold_of_row, features, fold, num_classes, grid, config, weights,
+                                 log_dir, lambda epochs: sink(Candidate("mlp", float(epochs))), score)
+        named = {epochs: Candidate("mlp", float(epochs)) for epochs in grid}
+        return OutOfFold({named[e]: s for e, s in found.scores.items()}, {named[e]: z for e, z in found.logits.items()},
+                         {named[e]: h for e, h in found.heads.items()})
+    sinks = {candidate: sink(candidate) for candidate in family}
     for k in np.unique(fold):
         held, kept = fold == k, fold != k
         positions, held_rows = np.flatnonzero(held), take_rows(features, held)
         x, y = with_augmented(features, labels, extra, kept)
-        if family[0].kind == "mlp":
-            snapshots = _Snapshots(held_rows, positions, {int(c.value): sinks[c] for c in family}, heads)
-            fold_config = config.model_copy(update={"epochs": max(snapshots.sinks)})
-            fit_head_epochs(x, y, num_classes, fold_config, weights, log_dir, f"fold-{k}", False, [snapshots])
-            continue
         for candidate in family:
             head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir)
             sinks[candidate].put(head, held_rows, positions)
-    fold_heads = {c: heads[int(c.value)] for c in family if c.kind == "mlp"}
-    return OutOfFold({candidate: sink.result() for candidate, sink in sinks.items()}, fold_heads)
+    logits = {candidate: sink.result() for candidate, sink in sinks.items()}
+    scores = {candidate: score(z) for candidate, z in logits.items()} if score is not None else {}
+    return OutOfFold(scores, logits, {})

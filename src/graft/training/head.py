@@ -16,8 +16,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, SubsetRandomSampler, TensorDataset
 
 from graft.config import HeadConfig
 from graft.errors import ConfigError
@@ -137,13 +138,12 @@ def fit_head(
 
 
 def fit_head_epochs(features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
-                    weights: torch.Tensor | None, log_dir: Path, version: str, progress: bool = False,
-                    callbacks: list | None = None) -> tuple[nn.Sequential, Path]:
+                    weights: torch.Tensor | None, log_dir: Path, version: str,
+                    progress: bool = False) -> tuple[nn.Sequential, Path]:
     """The MLP trained for exactly ``config.epochs`` epochs on all of (features, labels), no validation: the
     cross-fitting chose the count. Returns the head and its CSV log (one row per epoch)."""
     module = _module((features, labels), num_classes, config.model_copy(update={"kind": "mlp"}), weights)
-    trainer = _train(module, (features, labels), None, config.epochs, config, log_dir, version, callbacks or [],
-                     progress)
+    trainer = _train(module, (features, labels), None, config.epochs, config, log_dir, version, [], progress)
     return module.head.eval(), Path(trainer.logger.log_dir) / "metrics.csv"
 
 
@@ -159,20 +159,34 @@ def _tensors(part: tuple[np.ndarray, np.ndarray]) -> TensorDataset:
     return TensorDataset(torch.as_tensor(part[0], dtype=torch.float32), torch.as_tensor(part[1], dtype=torch.long))
 
 
+def train_loader(rows: Rows, labels: np.ndarray, batch_size: int, seed: int,
+                 index: np.ndarray | None = None) -> DataLoader:
+    """Minibatches of the rows ``index`` (all by default) in a new random order each epoch: whole batches sliced out
+    of the tensors at once in memory (no per-row indexing + collate: ~2x faster epochs), block by block on disk."""
+    if isinstance(rows, RowFile):
+        if index is not None:
+            rows, labels = rows.subset(index), labels[index]
+        return DataLoader(MinibatchStream(rows, labels, batch_size, seed), batch_size=None)
+    data = _tensors((rows, labels))
+    order = RandomSampler(data) if index is None else SubsetRandomSampler(index)
+    return DataLoader(data, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False))
+
+
 def _train(module, train, val, epochs, config, log_dir, version, callbacks, progress) -> L.Trainer:
-    if isinstance(train[0], RowFile):  # features on disk: minibatches block by block
-        train_loader = DataLoader(MinibatchStream(*train, config.batch_size, config.seed), batch_size=None)
-    else:  # whole batches are sliced out of the tensors at once (no per-row indexing + collate: ~2x faster epochs)
-        train_set = _tensors(train)
-        train_loader = DataLoader(train_set, batch_size=None,
-                                  sampler=BatchSampler(RandomSampler(train_set), config.batch_size, drop_last=False))
     val_loader = DataLoader(_tensors(val), batch_size=None, sampler=BatchSampler(SequentialSampler(range(len(val[1]))),
                             1024, drop_last=False)) if val is not None else None
+    return fit_module(module, train_loader(*train, config.batch_size, config.seed), val_loader, epochs, log_dir,
+                      version, callbacks, progress)
+
+
+def fit_module(module: L.LightningModule, train: DataLoader | CombinedLoader, val: DataLoader | None, epochs: int,
+               log_dir: Path, version: str, callbacks: list, progress: bool) -> L.Trainer:
+    """``module`` trained for at most ``epochs`` epochs, logged to ``log_dir/version/metrics.csv``."""
     with quiet_lightning():
         # Lightning's default checkpoint writes the head after every epoch; only the held-out run keeps one (~9% of
         # a 40-epoch fold here)
         trainer = make_trainer(log_dir, version, epochs, callbacks, progress, devices=1,
                                limit_val_batches=1.0 if val is not None else 0,
                                enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
-        trainer.fit(module, train_loader, val_loader)
+        trainer.fit(module, train, val)
     return trainer
