@@ -60,11 +60,14 @@ def test_out_of_fold_rows_come_from_heads_that_never_saw_their_observation():
         assert (oof.argmax(1) == y).mean() < 0.5, family
 
 
-def test_mlp_snapshots_equal_separate_runs_of_those_epoch_counts(tmp_path):
+def noise_in_three_folds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     recs = records(n_labels=3, observations=6, images=2)
     x = np.random.default_rng(0).normal(size=(len(recs), 8)).astype(np.float32)
-    y = np.array([int(r.label[1:]) for r in recs])
-    fold = fold_of(recs, 3, seed=0)
+    return x, np.array([int(r.label[1:]) for r in recs]), fold_of(recs, 3, seed=0)
+
+
+def test_mlp_snapshots_equal_separate_runs_of_those_epoch_counts(tmp_path):
+    x, y, fold = noise_in_three_folds()
     config = HeadConfig(width=8, epochs=6)
     both = out_of_fold([Candidate("mlp", 3.0), Candidate("mlp", 6.0)], x, y, fold, 3, config, None, tmp_path)
     alone = out_of_fold([Candidate("mlp", 3.0)], x, y, fold, 3, config.model_copy(update={"epochs": 3}), None, tmp_path)
@@ -73,10 +76,7 @@ def test_mlp_snapshots_equal_separate_runs_of_those_epoch_counts(tmp_path):
 
 
 def test_mlp_grid_stops_at_the_first_epoch_count_that_does_not_beat_the_best_before_it(tmp_path):
-    recs = records(n_labels=3, observations=6, images=2)
-    x = np.random.default_rng(0).normal(size=(len(recs), 8)).astype(np.float32)
-    y = np.array([int(r.label[1:]) for r in recs])
-    fold = fold_of(recs, 3, seed=0)
+    x, y, fold = noise_in_three_folds()
     config = HeadConfig(width=8, epochs=4)
     family = [Candidate("mlp", float(e)) for e in (1, 2, 3, 4)]
     scripted = iter([0.5, 0.6, 0.6, 0.9])  # counts 1, 2, 3 (a tie is no gain: stop there), 4 never trained
