@@ -26,10 +26,9 @@ from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
 from graft.evaluation.metrics import score_logits
 from graft.model.head import HeadBag
-from graft.rows import RowFile
 from graft.run import head_selection_table
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
-from graft.training.streaming import Rows
+from graft.training.streaming import Rows, discard
 
 
 def fold_of(records: Sequence[ImageRecord], k: int, seed: int) -> np.ndarray:
@@ -97,8 +96,7 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
             if scores["S"] > chosen_s:  # ties keep the first, i.e. the simpler family
                 oof, chosen_logits = chosen_logits, oof
                 chosen, chosen_s, chosen_heads = candidate, scores["S"], found.fold_heads.get(candidate, [])
-            if isinstance(oof, RowFile):  # the one not kept
-                oof.path.unlink()
+            discard(oof)  # the one not kept
         del found  # only the leader's [n, C] logits (and heads) are kept: 7 candidates' would be 7 x n x C floats
     for row in rows:
         row["chosen"] = row["head"] == chosen.name

@@ -28,7 +28,7 @@ from graft.config import HeadConfig
 from graft.model.head import build_head
 from graft.training.head import HeadModule, fit_module, train_loader
 from graft.training.lightning import quiet_lightning
-from graft.training.streaming import LogitSink, Rows, fit_standardize, take_rows
+from graft.training.streaming import LogitSink, Rows, discard, fit_standardize, take_rows
 
 Score = Callable[[Rows], dict[str, Any]]  # out-of-fold logits [n, C] -> {"S": ..., "top1": ...}
 
@@ -80,18 +80,13 @@ class _GridScores(Callback):
             best = next(iter(self.result.logits), None)
             if best is not None and scores["S"] <= self.result.scores[best]["S"]:
                 trainer.should_stop = True
-                _discard(logits)
+                discard(logits)
                 return
             if best is not None:
-                _discard(self.result.logits.pop(best))
+                discard(self.result.logits.pop(best))
                 self.result.heads.pop(best)
         self.result.logits[epochs] = logits
         self.result.heads[epochs] = [copy.deepcopy(head).eval() for head in module.head]
-
-
-def _discard(logits: Rows) -> None:
-    if not isinstance(logits, np.ndarray):
-        logits.path.unlink()
 
 
 def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, held: Rows, fold: np.ndarray,

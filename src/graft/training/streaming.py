@@ -32,6 +32,12 @@ def take_rows(rows: Rows, index: np.ndarray) -> Rows:
     return rows.subset(index) if isinstance(rows, RowFile) else rows[index]
 
 
+def discard(rows: Rows | None) -> None:
+    """Delete logits no longer wanted: a row file's file goes now; an array is left to the garbage collector."""
+    if isinstance(rows, RowFile):
+        rows.path.unlink()
+
+
 def blocks_of(rows: Rows) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(indices, rows)`` in file order: a row file's blocks; an array in one piece (it is in memory already)."""
     if isinstance(rows, RowFile):
