@@ -3,9 +3,10 @@ seeds). The seed moves the 3:1 split (data without a test part), the folds and t
 
 Rows: logistic regression and k-NN (scikit-learn on the training part's standardised / normalised features), the
 previous default (MLP, early stopping on the validation split), cross-fitting with one head refit on everything
-(``head.bag: false``), the new default (cross-fitted head choice; a chosen MLP is its fold heads averaged), Lite0
-and Lite2 features concatenated, a Lite0 + Lite2 ensemble with out-of-fold weights, and that ensemble with test-time
-augmentation. ``--backbones`` adds a new-default row per backbone (``mobilenetv2_100``, ``a+b`` concatenations...);
+(``head.bag: false``), cross-fitting not repeated (``head.repeats: 1``), the new default (cross-fitted head choice,
+repeated on few-shot data; a chosen MLP is its fold heads averaged), Lite0 and Lite2 features concatenated (repeated
+and not), a Lite0 + Lite2 ensemble with out-of-fold weights, and that ensemble with test-time augmentation.
+``--backbones`` adds a new-default row per backbone (``mobilenetv2_100``, ``a+b`` concatenations...);
 ``--train-views K`` a new-default row trained with K cached augmented views per training image.
 
     python bench/accuracy.py [--seeds 3] [--datasets leafsnap-dev flavia seedlings] [--ensemble leafsnap-dev flavia]
@@ -90,6 +91,7 @@ def graft_rows(data: Path, config: GraftConfig, work: Path, ensemble: bool, back
     for folder, name, overrides in (
             ("previous", "previous default (MLP, validation early stopping)", {"head.selection": "holdout"}),
             ("refit", "cross-fitted, one head refit on everything (head.bag false)", {"head.bag": False}),
+            ("once", "cross-fitted, not repeated (head.repeats 1)", {"head.repeats": 1}),
             ("new", "new default (cross-fitted head)", {})):
         results = fit(data, work / folder, config.updated(overrides)).results
         rows[name] = results | {"seconds": results["head_seconds"], "chosen": results["head"]}
@@ -98,6 +100,9 @@ def graft_rows(data: Path, config: GraftConfig, work: Path, ensemble: bool, back
         results = fit(data, work / "concat", both).results
         rows["Lite0+Lite2 concatenated (cross-fitted head)"] = results | {"seconds": results["head_seconds"],
                                                                           "chosen": results["head"]}
+        results = fit(data, work / "concat-once", both.updated({"head.repeats": 1})).results
+        rows["Lite0+Lite2 concatenated, not repeated"] = results | {"seconds": results["head_seconds"],
+                                                                    "chosen": results["head"]}
         lite2 = work / "lite2"
         fit(data, lite2, config.updated({"backbone.name": "tf_efficientnet_lite2"}))
         results = make_ensemble([work / "new", lite2], work / "ens", fit_weights=True)

@@ -52,9 +52,10 @@ def folder_data(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> GraftConfig:
-    """timm's test_efficientnet with seeded random weights at 32 px, a short head schedule, a private cache."""
+    """timm's test_efficientnet with seeded random weights at 32 px, a short head schedule, a private cache; one
+    cross-fitting pass (auto would repeat it 3 times on these 8 images per class: tests that need it say so)."""
     return GraftConfig.from_dict({
         "backbone": {"name": "test_efficientnet", "pretrained": False, "image_size": 32},
         "features": {"cache_dir": str(tmp_path / "cache"), "batch_size": 8, "num_workers": 0, "chunk_size": 8},
-        "head": {"epochs": 6, "min_epochs": 2, "patience": 3, "width": 32},
+        "head": {"epochs": 6, "min_epochs": 2, "patience": 3, "width": 32, "repeats": 1},
     })

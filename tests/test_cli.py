@@ -36,9 +36,11 @@ def test_fit_evaluate_predict_inspect(folder_data, tiny_config, tmp_path):
 
 def test_cli_flag_overrides_config(folder_data, tiny_config, tmp_path):
     config = write_config(tiny_config, tmp_path)
-    args = ["fit", str(folder_data), "-o", str(tmp_path / "run"), "--config", str(config), "--width", "8", "-q"]
+    args = ["fit", str(folder_data), "-o", str(tmp_path / "run"), "--config", str(config), "--width", "8",
+            "--repeats", "2", "-q"]
     assert runner.invoke(app, args).exit_code == 0
-    assert "width: 8" in (tmp_path / "run" / "config.yaml").read_text()
+    written = (tmp_path / "run" / "config.yaml").read_text()
+    assert "width: 8" in written and "repeats: 2" in written
 
 
 def test_errors_are_one_clear_line_with_exit_code_2(tmp_path):

@@ -11,10 +11,11 @@ from sklearn.linear_model import LogisticRegression
 
 from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
+from graft.errors import ConfigError
 from graft.model.fusion import softmax
 from graft.model.head import HeadBag, Standardize, predict_logits
 from graft.run import RunFiles, load_run, read_manifest, read_out_of_fold
-from graft.training.crossfit import fold_of
+from graft.training.crossfit import REPEATS_AUTO, fold_of, repeat_seed, repeats_for
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
 from graft.training.fit import fit
 
@@ -44,20 +45,48 @@ def test_fold_count_shrinks_to_what_the_data_allows():
     assert len(np.unique(fold_of(records(n_labels=2, observations=1, images=4), 5, seed=0))) == 2
 
 
-def test_out_of_fold_rows_come_from_heads_that_never_saw_their_observation():
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_out_of_fold_rows_come_from_heads_that_never_saw_their_observation(repeats):
     # features name the observation, labels are random: a head that saw an observation recalls its label,
-    # a head that did not can only guess (chance 1/4)
+    # a head that did not can only guess (chance 1/4); repeated, a row's R heads all never saw it
     recs = records(n_labels=4, observations=30, images=3, seed=2)
     signature = np.random.default_rng(3).normal(size=(120, 64)).astype(np.float32)
     x = np.stack([signature[int(r.observation[3:])] for r in recs])
     y = np.array([int(r.label[1:]) for r in recs])
-    fold = fold_of(recs, 5, seed=0)
+    fold = np.stack([fold_of(recs, 5, seed=repeat_seed(0, r)) for r in range(repeats)])
     config = HeadConfig(c=100.0, width=64, epochs=30, scale=20.0)
     seen, _ = fit_head_of("linear", x, y, 4, config, None, Path("."))
     assert (predict_logits(seen, x).argmax(1) == y).mean() > 0.95
     for family in ([Candidate("linear", 100.0)], [Candidate("prototype", 20.0)], [Candidate("mlp", 30.0)]):
         oof = out_of_fold(family, x, y, fold, 4, config, None, Path("/tmp")).logits[family[0]]
         assert (oof.argmax(1) == y).mean() < 0.5, family
+
+
+def test_repeated_out_of_fold_logits_are_the_log_of_each_repeats_mean_probability(tmp_path):
+    x, y, _ = noise_in_three_folds()
+    recs = records(n_labels=3, observations=6, images=2)
+    folds = np.stack([fold_of(recs, 3, seed=repeat_seed(7, r)) for r in range(3)])
+    assert repeat_seed(7, 0) == 7 and len({f.tobytes() for f in folds}) == 3  # each repeat its own folds
+    family = [Candidate("linear", 1.0), Candidate("prototype", 20.0)]
+    repeated = out_of_fold(family, x, y, folds, 3, HeadConfig(), None, tmp_path).logits
+    for candidate in family:
+        each = [out_of_fold(family, x, y, f, 3, HeadConfig(), None, tmp_path).logits[candidate] for f in folds]
+        mean = np.mean([softmax(z) for z in each], axis=0)
+        assert np.allclose(repeated[candidate], np.log(mean), atol=1e-5)
+
+
+def test_auto_repeats_cross_fitting_on_few_shot_data_in_memory_only(tmp_path):
+    from graft.rows import write_rows
+
+    x = np.zeros((6, 2), np.float32)
+    on_disk = write_rows(tmp_path / "x.npy", x)
+    threshold = HeadConfig().repeat_below_images_per_class
+    assert repeats_for(HeadConfig(), threshold - 1, x) == REPEATS_AUTO == 3
+    assert repeats_for(HeadConfig(), threshold, x) == 1
+    assert repeats_for(HeadConfig(), threshold - 1, on_disk) == 1  # too large for memory: too large to triple
+    assert repeats_for(HeadConfig(repeats=2), 1000, x) == 2
+    with pytest.raises(ConfigError, match=r"head\.repeats: 1"):
+        repeats_for(HeadConfig(repeats=2), 1000, on_disk)
 
 
 def noise_in_three_folds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -171,15 +200,20 @@ def test_a_chosen_mlp_is_its_fold_heads_averaged_and_each_made_its_folds_out_of_
     from graft.serving.engine import load_engine
     from graft.serving.onnx import export_onnx
 
-    result = fit(folder_data, tmp_path / "run", tiny_config.updated({"head.kind": "mlp"}))
+    result = fit(folder_data, tmp_path / "run", tiny_config.updated({"head.kind": "mlp", "head.repeats": "auto"}))
     model = load_run(tmp_path / "run")  # rebuilt from config.yaml + head.safetensors
     with np.load(RunFiles(tmp_path / "run").out_of_fold) as saved:
-        paths, fold, logits = [Path(p) for p in saved["paths"]], saved["fold"], saved["logits"]
+        paths, folds, logits = [Path(p) for p in saved["paths"]], saved["fold"], saved["logits"]
     assert isinstance(model.head, HeadBag)
-    assert len(model.head.members) == model.config.head.members == result.results["head_members"] == fold.max() + 1
+    repeats, k = len(folds), folds.max() + 1
+    assert repeats == result.results["head_repeats"] == model.config.head.repeats == REPEATS_AUTO  # 6 images a class
+    assert len(model.head.members) == model.config.head.members == result.results["head_members"] == repeats * k
     features = model.manifest_features(read_manifest(tmp_path / "run")).rows_for(paths)
-    for k, member in enumerate(model.head.members):  # no refit: the bag is the heads that never saw their fold
-        assert np.allclose(predict_logits(member, features[fold == k]), logits[fold == k], atol=1e-4)
+    made = np.zeros_like(logits)  # no refit: the bag is the heads that never saw their fold, repeat after repeat
+    for index, member in enumerate(model.head.members):
+        held = folds[index // k] == index % k
+        made[held] += softmax(predict_logits(member, features[held])) / repeats
+    assert np.allclose(np.log(made), logits, atol=1e-4)
     export_onnx(tmp_path / "run")  # the bag exports and serves like any head
     images = [Image.open(p).convert("RGB") for p in paths[:3]]
     assert np.abs(load_engine(tmp_path / "run", "torch").probabilities(images, [""] * 3)

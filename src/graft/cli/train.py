@@ -41,6 +41,9 @@ def fit(
     width: Annotated[int | None, typer.Option(help="Units per dense layer (seed: 512).")] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout after each dense layer (seed: 0.5).")] = None,
     class_weights: Annotated[str | None, typer.Option(help="none or auto (inverse class frequency).")] = None,
+    repeats: Annotated[str | None, typer.Option(
+        help="Cross-fitting repeats: a count, or auto (3 on few-shot data, see head.repeat_below_images_per_class).")
+    ] = None,
     fusion: Annotated[str | None, typer.Option(help="Observation fusion: mean, max, geometric, borda.")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Validation share of the non-test part (0.25 = 3:1).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the split and the head.")] = None,
@@ -60,8 +63,9 @@ def fit(
         config, backbone__name=backbone, backbone__weights=weights, backbone__pooling=pooling,
         backbone__image_size=image_size, features__cache_dir=str(cache_dir) if cache_dir else None,
         head__epochs=epochs, head__hidden_layers=hidden_layers, head__width=width, head__dropout=dropout,
-        head__class_weights=class_weights, predict__fusion=fusion, data__val_fraction=val_fraction,
-        data__seed=seed, head__seed=seed, data__format=data_format, data__columns=columns(column) or None,
+        head__class_weights=class_weights, head__repeats=repeats, predict__fusion=fusion,
+        data__val_fraction=val_fraction, data__seed=seed, head__seed=seed, data__format=data_format,
+        data__columns=columns(column) or None,
         views__enabled=views, data__default_view=default_view, predict__tta=tta_names(tta),
         data__taxonomy=str(taxonomy.resolve()) if taxonomy else None,
     )

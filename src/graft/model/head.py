@@ -76,7 +76,7 @@ class FastDropout(nn.Dropout):
 
 class HeadBag(nn.Module):
     """Heads whose probabilities are averaged: the output is ``log(mean softmax)``, a log-probability that the rest of
-    graft treats as logits (softmax of it is the mean probability). Cross-fitting's K fold heads make one for free:
+    graft treats as logits (softmax of it is the mean probability). Cross-fitting's fold heads make one for free:
     each saw 4/5 of the data, and their average beat one head refit on all of it (``head.bag``)."""
 
     def __init__(self, members: list[nn.Module]):

@@ -94,47 +94,50 @@ def with_augmented(features: Rows, labels: np.ndarray, extra: np.ndarray | None,
 class OutOfFold:
     """Per candidate of one family that was tried: its out-of-fold scores (when a ``score`` was given); the ``[n, C]``
     out-of-fold logits of every candidate (linear, prototype) or of the best one (MLP, whose grid stops early); and
-    (MLP) the K fold heads that made them."""
+    (MLP) the R x K fold heads that made them."""
 
     scores: dict[Candidate, dict[str, Any]]
     logits: dict[Candidate, Rows]
     fold_heads: dict[Candidate, list[nn.Module]]
 
 
-def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fold: np.ndarray,
+def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, folds: np.ndarray,
                 num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
                 log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None,
                 score: Score | None = None) -> OutOfFold:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
-    (nor any augmented view of it: ``extra`` rows train with their originals' fold), scored by ``score``. Features
-    on disk get their logits on disk too, as row files in ``scratch``. The MLP's K fold heads train side by side and
-    stop at the first epoch count that does not beat the best before it (:mod:`graft.training.fold_heads`; without
-    a ``score``, every count)."""
+    (nor any augmented view of it: ``extra`` rows train with their originals' fold), scored by ``score``. ``folds``
+    is each row's fold, ``[n]``, or one row of folds per repeat, ``[R, n]``: a row's logits are then the log of its
+    R heads' mean probability. Features on disk get their logits on disk too, as row files in ``scratch``. The MLP's
+    heads train side by side and stop at the first epoch count that does not beat the best before it
+    (:mod:`graft.training.fold_heads`; without a ``score``, every count)."""
+    folds = np.atleast_2d(folds)
     on_disk = scratch is not None and isinstance(features, RowFile)
 
     def sink(candidate: Candidate) -> LogitSink:
         path = scratch / f"oof-{candidate.kind}-{candidate.value:g}.npy" if on_disk else None
-        return LogitSink(len(labels), num_classes, path)
+        return LogitSink(len(labels), num_classes, path, len(folds))
 
     if family[0].kind == "mlp":
-        rows, row_labels, fold_of_row = features, labels, fold  # no copy: each fold's rows are drawn by index
+        rows, row_labels, fold_of_row = features, labels, folds  # no copy: each fold's rows are drawn by index
         if extra is not None and extra.shape[1]:
             rows, row_labels = with_augmented(features, labels, extra)
-            fold_of_row = np.concatenate([fold, np.repeat(fold, extra.shape[1])])
+            fold_of_row = np.concatenate([folds, np.repeat(folds, extra.shape[1], axis=1)], axis=1)
         grid = sorted(int(c.value) for c in family)
-        found = train_fold_heads(rows, row_labels, fold_of_row, features, fold, num_classes, grid, config, weights,
+        found = train_fold_heads(rows, row_labels, fold_of_row, features, folds, num_classes, grid, config, weights,
                                  log_dir, lambda epochs: sink(Candidate("mlp", float(epochs))), score)
         named = {epochs: Candidate("mlp", float(epochs)) for epochs in grid}
         return OutOfFold({named[e]: s for e, s in found.scores.items()}, {named[e]: z for e, z in found.logits.items()},
                          {named[e]: h for e, h in found.heads.items()})
     sinks = {candidate: sink(candidate) for candidate in family}
-    for k in np.unique(fold):
-        held, kept = fold == k, fold != k
-        positions, held_rows = np.flatnonzero(held), take_rows(features, held)
-        x, y = with_augmented(features, labels, extra, kept)
-        for candidate in family:
-            head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir)
-            sinks[candidate].put(head, held_rows, positions)
+    for fold in folds:
+        for k in np.unique(fold):
+            held, kept = fold == k, fold != k
+            positions, held_rows = np.flatnonzero(held), take_rows(features, held)
+            x, y = with_augmented(features, labels, extra, kept)
+            for candidate in family:
+                head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir)
+                sinks[candidate].put(head, held_rows, positions)
     logits = {candidate: sink.result() for candidate, sink in sinks.items()}
     scores = {candidate: score(z) for candidate, z in logits.items()} if score is not None else {}
     return OutOfFold(scores, logits, {})

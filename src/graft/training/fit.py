@@ -160,7 +160,8 @@ def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature
         "images_per_second": classifier.measure_throughput(evaluated),
         "backbone": backbone.name,
         "head": trained.config.head.kind,
-        "head_members": trained.config.head.members,  # > 1: the MLP is its K fold heads, averaged (head.bag)
+        "head_members": trained.config.head.members,  # > 1: the MLP is its R x K fold heads, averaged (head.bag)
+        "head_repeats": trained.config.head.repeats,  # cross-fitting's repeats (head.repeats, resolved)
         "features_extracted": feature_set.extracted,
         "features_streamed": isinstance(feature_set.features, RowFile),  # head.memory_mb exceeded: read from disk
         "extraction_seconds": round(feature_set.seconds, 3),
@@ -216,8 +217,9 @@ def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], co
         "head_seconds": round(time.perf_counter() - start, 3),
     }
     history = _history(files, head, log, x, y)
+    repeated = f", repeated {selection.repeats} times" if selection.repeats > 1 else ""
     notes = [f"Head chosen by out-of-fold S over {config.head.folds} folds of the training part "
-             f"({len(records)} images), grouped by observation:\n\n{selection.table()}"]
+             f"({len(records)} images){repeated}, grouped by observation:\n\n{selection.table()}"]
     return TrainedHead(head, config.model_copy(update={"head": resolved}), _calibration_sample(selection.logits, y),
                        history, None, results, notes)
 

@@ -7,6 +7,8 @@ each head its own loss (the sum's gradient is each head's own, and Adam is eleme
 out-of-fold S of a count is known as soon as training passes it, and training stops at the first count whose S does
 not beat the best before it. Where the MLP's S is flat after a few epochs (ELPV, seedlings, flavia) that halves its
 cost; where it still climbs (leafsnap-dev) the whole grid runs. Only the best count's logits and heads are kept.
+Repeated cross-fitting (``head.repeats``) trains every repeat's K heads in the same run, and a count's S is that of
+each row's R out-of-fold predictions averaged.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ Score = Callable[[Rows], dict[str, Any]]  # out-of-fold logits [n, C] -> {"S": .
 
 
 class FoldHeads(HeadModule):
-    """K heads, one per fold; a training batch holds one minibatch per fold (``None`` once a fold's epoch is done)."""
+    """One head per fold (of every repeat); a training batch holds one minibatch per fold (``None`` once a fold's
+    epoch is done)."""
 
     def __init__(self, heads: list[nn.Module], config: HeadConfig, weights: torch.Tensor | None):
         super().__init__(nn.ModuleList(heads), config, weights)
@@ -48,7 +51,7 @@ class FoldHeads(HeadModule):
 
 @dataclass
 class GridResult:
-    """Per epoch count reached: its out-of-fold scores; for the kept counts, their ``[n, C]`` logits and K heads."""
+    """Per epoch count reached: its out-of-fold scores; for the kept counts, their ``[n, C]`` logits and R x K heads."""
 
     scores: dict[int, dict[str, Any]] = field(default_factory=dict)
     logits: dict[int, Rows] = field(default_factory=dict)
@@ -60,9 +63,9 @@ class _GridScores(Callback):
     stops when its S does not beat the best count's (ties keep the earlier, shorter one). Without a ``score`` every
     count is kept and training runs to the end."""
 
-    def __init__(self, features: Rows, fold: np.ndarray, grid: list[int], sink: Callable[[int], LogitSink],
+    def __init__(self, features: Rows, folds: np.ndarray, grid: list[int], sink: Callable[[int], LogitSink],
                  score: Score | None, result: GridResult):
-        self.features, self.held = features, [np.flatnonzero(fold == k) for k in np.unique(fold)]
+        self.features, self.held = features, [np.flatnonzero(fold == k) for fold in folds for k in np.unique(fold)]
         self.grid, self.sink, self.score, self.result = grid, sink, score, result
 
     def on_train_epoch_end(self, trainer, module: FoldHeads):
@@ -89,23 +92,25 @@ class _GridScores(Callback):
         self.result.heads[epochs] = [copy.deepcopy(head).eval() for head in module.head]
 
 
-def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, held: Rows, fold: np.ndarray,
+def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, held: Rows, folds: np.ndarray,
                      num_classes: int, grid: list[int], config: HeadConfig, weights: torch.Tensor | None,
                      log_dir: Path, sink: Callable[[int], LogitSink], score: Score | None = None) -> GridResult:
-    """Fold k's head trains on the ``rows`` whose ``fold_of_row`` is not k (augmented copies carry their original's
-    fold) and predicts the ``held`` rows whose ``fold`` is k: the out-of-fold logits of each count in ``grid``
-    (ascending), into ``sink(count)``."""
+    """Per repeat r (a row of ``folds`` ``[R, n]`` and ``fold_of_row``), fold k's head trains on the ``rows`` whose
+    ``fold_of_row`` is not k (augmented copies carry their original's fold) and predicts the ``held`` rows whose
+    fold is k: the out-of-fold logits of each count in ``grid`` (ascending), into ``sink(count)``, which averages
+    a row's R predictions."""
     L.seed_everything(config.seed, verbose=False)
     single = config.model_copy(update={"kind": "mlp", "members": 1})
     heads, loaders = [], []
-    for k in np.unique(fold):
-        kept = np.flatnonzero(fold_of_row != k)
-        head = build_head(rows.shape[1], num_classes, single)
-        fit_standardize(head[0], take_rows(rows, kept))
-        heads.append(head)
-        loaders.append(train_loader(rows, labels, config.batch_size, config.seed + int(k), kept))
+    for repeat in fold_of_row:
+        for k in np.unique(repeat):
+            kept = np.flatnonzero(repeat != k)
+            head = build_head(rows.shape[1], num_classes, single)
+            fit_standardize(head[0], take_rows(rows, kept))
+            heads.append(head)
+            loaders.append(train_loader(rows, labels, config.batch_size, config.seed + len(loaders), kept))
     result = GridResult()
-    scores = _GridScores(held, fold, grid, sink, score, result)
+    scores = _GridScores(held, folds, grid, sink, score, result)
     with quiet_lightning():  # its pytree deprecation chatter
         combined = CombinedLoader(loaders, mode="max_size")
     fit_module(FoldHeads(heads, config, weights), combined, None, max(grid), log_dir, "folds", [scores], False)

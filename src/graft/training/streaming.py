@@ -113,9 +113,14 @@ def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weig
 
 class LogitSink:
     """``[n, C]`` logits filled a block of rows at a time: an array, or (``path``) a row file, since out-of-fold
-    logits of a large training part - images x classes floats - can outgrow memory as surely as its features."""
+    logits of a large training part - images x classes floats - can outgrow memory as surely as its features.
+    With ``repeats`` R > 1 (repeated cross-fitting, in memory) every row is put R times and the result is the log
+    of the R heads' mean probability, a log-probability graft treats as logits, as :class:`HeadBag`'s output."""
 
-    def __init__(self, rows: int, classes: int, path: Path | None = None):
+    def __init__(self, rows: int, classes: int, path: Path | None = None, repeats: int = 1):
+        if repeats > 1 and path is not None:
+            raise ValueError("repeated cross-fitting averages its out-of-fold probabilities in memory")
+        self.repeats = repeats
         self.array = np.zeros((rows, classes), np.float32) if path is None else None
         self.writer = RowWriter(path, rows, classes) if path is not None else None
 
@@ -123,12 +128,16 @@ class LogitSink:
         """``head``'s logits for ``features``, which are the rows ``positions`` of the whole table."""
         for index, block in blocks_of(features):
             logits = predict_logits(head, block)
-            if self.writer is None:
+            if self.repeats > 1:
+                self.array[positions[index]] += torch.softmax(torch.from_numpy(logits), 1).numpy() / self.repeats
+            elif self.writer is None:
                 self.array[positions[index]] = logits
             else:
                 self.writer.write(positions[index], logits)
 
     def result(self) -> Rows:
+        if self.repeats > 1:
+            return np.log(np.maximum(self.array, np.finfo(np.float32).tiny))
         return self.array if self.writer is None else self.writer.close()
 
 
