@@ -18,6 +18,7 @@ from graft.run import RunFiles, load_run, read_manifest, read_out_of_fold
 from graft.training.crossfit import REPEATS_AUTO, fold_of, repeat_seed, repeats_for
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
 from graft.training.fit import fit
+from graft.training.head import training_precision
 
 
 def records(n_labels: int, observations: int, images: int, seed: int = 0) -> list[ImageRecord]:
@@ -102,6 +103,23 @@ def test_mlp_snapshots_equal_separate_runs_of_those_epoch_counts(tmp_path):
     alone = out_of_fold([Candidate("mlp", 3.0)], x, y, fold, 3, config.model_copy(update={"epochs": 3}), None, tmp_path)
     assert np.allclose(both.logits[Candidate("mlp", 3.0)], alone.logits[Candidate("mlp", 3.0)], atol=1e-5)
     assert not np.allclose(both.logits[Candidate("mlp", 3.0)], both.logits[Candidate("mlp", 6.0)])
+
+
+def test_auto_precision_multiplies_in_bf16_only_where_the_cpu_does_it_natively(monkeypatch):
+    for avx512_bf16, amx, expected in ((False, False, "32-true"), (True, False, "bf16-mixed"), (False, True, "bf16-mixed")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda flag=avx512_bf16: flag)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda flag=amx: flag)
+        assert training_precision(HeadConfig()) == expected
+        assert training_precision(HeadConfig(precision="32-true")) == "32-true"
+
+
+def test_bf16_training_reaches_the_fold_heads_and_changes_them_only_a_little(tmp_path):
+    x, y, fold = noise_in_three_folds()
+    family = [Candidate("mlp", 3.0)]
+    logits = [out_of_fold(family, x, y, fold, 3, HeadConfig(width=8, epochs=3, precision=precision), None,
+                          tmp_path / precision).logits[family[0]] for precision in ("32-true", "bf16-mixed")]
+    assert not np.allclose(logits[0], logits[1], atol=1e-4)  # bf16 matmuls did run
+    assert np.corrcoef(logits[0].ravel(), logits[1].ravel())[0, 1] > 0.95
 
 
 def test_mlp_grid_stops_at_the_first_epoch_count_that_does_not_beat_the_best_before_it(tmp_path):

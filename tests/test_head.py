@@ -43,7 +43,8 @@ def test_class_weights_are_inverse_frequency():
 
 def test_head_learns_and_keeps_best_validation_weights(tmp_path):
     train, val = blobs(200, 1), blobs(60, 2)
-    fit = fit_head(train, val, 3, HeadConfig(epochs=8, width=32, patience=3, min_epochs=1), tmp_path)
+    config = HeadConfig(epochs=8, width=32, patience=3, min_epochs=1, precision="32-true")  # logged in float32 too
+    fit = fit_head(train, val, 3, config, tmp_path)
     with torch.no_grad():
         logits = fit.head(torch.tensor(val[0]))
     assert (logits.argmax(1).numpy() == val[1]).mean() > 0.9

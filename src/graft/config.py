@@ -117,6 +117,11 @@ class HeadConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1, description="128: same S as 64 on ELPV and leafsnap, 20% faster; 256 hurt leafsnap.")
     class_weights: str = Field("none", description="none, auto (inverse frequency) or a CSV/JSON file label->weight.")
+    precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
+        "auto", description="The MLP's training matmuls: bf16-mixed multiplies in bfloat16 (weights, optimizer and "
+        "predictions stay float32); auto: bf16-mixed where the CPU multiplies bfloat16 natively (AVX512-BF16, AMX), "
+        "else 32-true. On AVX512-BF16 it trained the fold heads 1.5x faster, out-of-fold S level (ELPV, leafsnap-dev, "
+        "flavia x 3 seeds x 4 epoch counts: mean difference within 0.001).")
     memory_mb: float = Field(
         4096, ge=0, description="Cross-fitting streams the training features from a row file in the cache directory "
         "instead of memory when they are larger than this (0 = always stream).")

@@ -28,7 +28,7 @@ from torch import nn
 
 from graft.config import HeadConfig
 from graft.model.head import build_head
-from graft.training.head import HeadModule, fit_module, train_loader
+from graft.training.head import HeadModule, fit_module, train_loader, training_precision
 from graft.training.lightning import quiet_lightning
 from graft.training.streaming import LogitSink, Rows, discard, fit_standardize, take_rows
 
@@ -113,5 +113,6 @@ def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, he
     scores = _GridScores(held, folds, grid, sink, score, result)
     with quiet_lightning():  # its pytree deprecation chatter
         combined = CombinedLoader(loaders, mode="max_size")
-    fit_module(FoldHeads(heads, config, weights), combined, None, max(grid), log_dir, "folds", [scores], False)
+    fit_module(FoldHeads(heads, config, weights), combined, None, max(grid), log_dir, "folds", [scores], False,
+               training_precision(config))
     return result

@@ -176,17 +176,27 @@ def _train(module, train, val, epochs, config, log_dir, version, callbacks, prog
     val_loader = DataLoader(_tensors(val), batch_size=None, sampler=BatchSampler(SequentialSampler(range(len(val[1]))),
                             1024, drop_last=False)) if val is not None else None
     return fit_module(module, train_loader(*train, config.batch_size, config.seed), val_loader, epochs, log_dir,
-                      version, callbacks, progress)
+                      version, callbacks, progress, training_precision(config))
+
+
+def training_precision(config: HeadConfig) -> str:
+    """Lightning's precision for ``config.precision`` (auto: bf16 matmuls where the CPU has bf16 instructions)."""
+    if config.precision != "auto":
+        return config.precision
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16-mixed" if native else "32-true"
 
 
 def fit_module(module: L.LightningModule, train: DataLoader | CombinedLoader, val: DataLoader | None, epochs: int,
-               log_dir: Path, version: str, callbacks: list, progress: bool) -> L.Trainer:
+               log_dir: Path, version: str, callbacks: list, progress: bool, precision: str = "32-true") -> L.Trainer:
     """``module`` trained for at most ``epochs`` epochs, logged to ``log_dir/version/metrics.csv``."""
     with quiet_lightning():
         # Lightning's default checkpoint writes the head after every epoch; only the held-out run keeps one (~9% of
         # a 40-epoch fold here)
         trainer = make_trainer(log_dir, version, epochs, callbacks, progress, devices=1,
                                limit_val_batches=1.0 if val is not None else 0,
-                               enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
+                               enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+                               precision=precision)
         trainer.fit(module, train, val)
     return trainer
