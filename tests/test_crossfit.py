@@ -225,6 +225,7 @@ def test_a_chosen_mlp_is_its_fold_heads_averaged_and_each_made_its_folds_out_of_
     assert isinstance(model.head, HeadBag)
     repeats, k = len(folds), folds.max() + 1
     assert repeats == result.results["head_repeats"] == model.config.head.repeats == REPEATS_AUTO  # 6 images a class
+    assert model.config.head.precision == training_precision(HeadConfig())  # resolved: never "auto" in a run
     assert len(model.head.members) == model.config.head.members == result.results["head_members"] == repeats * k
     features = model.manifest_features(read_manifest(tmp_path / "run")).rows_for(paths)
     made = np.zeros_like(logits)  # no refit: the bag is the heads that never saw their fold, repeat after repeat

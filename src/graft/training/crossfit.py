@@ -36,6 +36,7 @@ from graft.model.head import HeadBag
 from graft.rows import RowFile
 from graft.run import head_selection_table
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
+from graft.training.head import training_precision
 from graft.training.streaming import Rows, discard
 
 REPEATS_AUTO = 3  # head.repeats: auto on few-shot data; see HeadConfig.repeats
@@ -143,7 +144,7 @@ def final_head(selection: Selection, features: Rows, labels: np.ndarray, num_cla
     settings that rebuild it, and (MLP) its epoch log. A chosen MLP with ``head.bag`` is instead its K fold heads
     as one :class:`HeadBag`: nothing is retrained, and the bag has no epoch log of its own."""
     resolved = selection.chosen.config(config).model_copy(  # whatever a reused config said
-        update={"members": 1, "repeats": selection.repeats})
+        update={"members": 1, "repeats": selection.repeats, "precision": training_precision(config)})
     if resolved.kind == "mlp" and config.bag and len(selection.fold_heads) > 1:
         return HeadBag(selection.fold_heads), resolved.model_copy(update={"members": len(selection.fold_heads)}), None
     x, y = with_augmented(features, labels, extra)
