@@ -7,8 +7,8 @@ from conftest import COLOURS, make_image
 from graft.errors import DataError, RunError
 from graft.evaluation.evaluate import evaluate
 from graft.features import engines
-from graft.run import RESULT_KEYS, load_run
-from graft.training.fit import fit
+from graft.run import RESULT_KEYS, evaluation_part, load_run
+from graft.training.fit import fit, prepare_manifest
 
 RUN_FILES = ["config.yaml", "labels.json", "backbone.json", "head.safetensors", "manifest.csv", "history.csv",
              "results.json", "results.md", "curves.png", "problems.txt"]
@@ -150,3 +150,19 @@ def test_a_run_that_stopped_before_its_results_is_refused(folder_data, tiny_conf
         fit(folder_data, tmp_path / "run", tiny_config.updated({"head.seed": 5}))
     with pytest.raises(RunError, match="incomplete run"):
         load_run(tmp_path / "run")
+
+
+def test_throughput_times_serving_not_the_engines_one_off_export(folder_data, tiny_config, tmp_path, monkeypatch):
+    """A run whose features were all cached made no engine while fitting; its img/s must still be the steady state,
+    so the graph is exported (once) into the run's cache before the clock starts, not inside the timed pass."""
+    fit(folder_data, tmp_path / "run", tiny_config)
+    graphs = tmp_path / "cache" / "graphs"
+    for graph in graphs.glob("*.onnx"):
+        graph.unlink()
+    monkeypatch.setattr(engines, "_sessions", {})  # a new process
+    exports = []
+    original = engines.export_backbone
+    monkeypatch.setattr(engines, "export_backbone", lambda b, p: exports.append(p) or original(b, p))
+    model = load_run(tmp_path / "run")
+    assert model.measure_throughput(evaluation_part(prepare_manifest(folder_data, tiny_config)[0])) > 0
+    assert len(exports) == 1 and exports[0].parent == graphs
