@@ -5,7 +5,9 @@ Rows: logistic regression and k-NN (scikit-learn on the training part's standard
 previous default (MLP, early stopping on the validation split), cross-fitting with one head refit on everything
 (``head.bag: false``), cross-fitting not repeated (``head.repeats: 1``), the new default (cross-fitted head choice,
 repeated on few-shot data; a chosen MLP is its fold heads averaged), Lite0 and Lite2 features concatenated (repeated
-and not), a Lite0 + Lite2 ensemble with out-of-fold weights, and that ensemble with test-time augmentation.
+and not), a Lite0 + Lite2 ensemble with out-of-fold weights, and that ensemble with test-time augmentation; the recipe
+the README recommends (the default on Lite0 features extracted at 320 px, the size ``bench/resolution.py`` chose out of
+fold) on every dataset.
 ``--backbones`` adds a new-default row per backbone (``mobilenetv2_100``, ``a+b`` concatenations...);
 ``--train-views K`` a new-default row trained with K cached augmented views per training image.
 
@@ -41,6 +43,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATA = {"leafsnap-dev": SHARED / "leafsnap-dev", "flavia": SHARED / "flavia",
         "seedlings": SHARED / "seedlings" / "split.csv"}
 KEYS = ("S", "top1", "top5")
+RECIPE = {"backbone.image_size": 320}
 
 
 def cached_parts(data: Path, config: GraftConfig) -> tuple[FeatureSet, Manifest, Manifest, list[str]]:
@@ -95,6 +98,9 @@ def graft_rows(data: Path, config: GraftConfig, work: Path, ensemble: bool, back
             ("new", "new default (cross-fitted head)", {})):
         results = fit(data, work / folder, config.updated(overrides)).results
         rows[name] = results | {"seconds": results["head_seconds"], "chosen": results["head"]}
+    results = fit(data, work / "recipe", config.updated(RECIPE)).results
+    rows["the recipe: Lite0 at 320 px (cross-fitted head)"] = results | {"seconds": results["head_seconds"],
+                                                                        "chosen": results["head"]}
     if ensemble:
         both = config.updated({"backbone.name": "tf_efficientnet_lite0+tf_efficientnet_lite2"})
         results = fit(data, work / "concat", both).results
@@ -144,13 +150,15 @@ def main() -> None:
         first = next(iter(per_row.values()))[0]
         print(f"\n{dataset}: evaluated on {first.get('evaluated_on', 'the evaluation part')} "
               f"({first['n_observations']} observations), mean ± std over {args.seeds} seeds\n")
-        print("| model | S | Top-1 | Top-5 | head seconds | chosen |\n|---|---|---|---|---|---|")
+        print("| model | S | Top-1 | Top-5 | head seconds | prediction img/s | chosen |\n|---|---|---|---|---|---|---|")
         for name, runs in per_row.items():
             cells = [f"{np.mean([r[k] for r in runs]):.3f} ± {np.std([r[k] for r in runs]):.3f}" for k in KEYS]
             chosen = ", ".join(sorted({str(r.get("chosen", "")) for r in runs})) or "-"
             seconds = [r["seconds"] for r in runs if np.isfinite(r["seconds"])]
             spent = f"{np.mean(seconds):.1f}" if seconds else "-"
-            print(f"| {name} | {' | '.join(cells)} | {spent} | {chosen} |")
+            speeds = [r["images_per_second"] for r in runs if "images_per_second" in r]
+            speed = f"{np.mean(speeds):.0f}" if speeds else "-"
+            print(f"| {name} | {' | '.join(cells)} | {spent} | {speed} | {chosen} |")
         print(flush=True)
 
 
