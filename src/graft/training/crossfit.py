@@ -10,7 +10,7 @@ out-of-fold logits are what calibration, the reject table, fusion rules and ense
 On few-shot data (``head.repeats``) the whole is repeated with other folds and heads: each image's out-of-fold
 probability is then the mean of R heads that never saw it, and the bag holds R x K heads. There the fold heads
 disagree most - on leafsnap-dev, 11 images per class, Test S moved by +-0.04 with the seed alone - and 3 repeats
-raised its Test S by 0.006 with Lite0 features and by 0.027 with Lite0+Lite2 (10 seeds), for 3x a head that takes
+raised its Test S by 0.017 with Lite0 features and by 0.020 with Lite0+Lite2 (10 seeds), for 3x a head that takes
 seconds there.
 """
 

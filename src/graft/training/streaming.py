@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
+from graft.model.fusion import softmax
 from graft.model.head import Prototypes, Standardize, predict_logits
 from graft.rows import RowFile, RowWriter
 
@@ -129,7 +130,7 @@ class LogitSink:
         for index, block in blocks_of(features):
             logits = predict_logits(head, block)
             if self.repeats > 1:
-                self.array[positions[index]] += torch.softmax(torch.from_numpy(logits), 1).numpy() / self.repeats
+                self.array[positions[index]] += softmax(logits) / self.repeats
             elif self.writer is None:
                 self.array[positions[index]] = logits
             else:
