@@ -3,7 +3,8 @@
 Runs `graft.fit` with a fresh private cache: the first run's extraction is the pass; the later runs extract nothing,
 and their head time - cross-fitting's K folds for every candidate plus the final head - is what a new head costs:
 the default (every family; the MLP trained with bf16 matmuls where the CPU has them, ``head.precision: auto``), the
-same in float32, and `head.kind: linear` (the linear family only), side by side. Target (issue 10): ratio <= 0.25.
+same in float32, without power normalisation (``head.power: 1``) and `head.kind: linear` (the linear family only),
+side by side. Target (issue 10): ratio <= 0.25.
 
     python bench/head.py
 """
@@ -27,6 +28,7 @@ def main() -> None:
               f"({first['features_extracted'] / extraction:.1f} img/s)")
         for name, overrides in (("default (head.kind auto)", {"head.seed": 1}),
                                 ("head.precision 32-true", {"head.seed": 1, "head.precision": "32-true"}),
+                                ("head.power 1 (no power normalisation)", {"head.seed": 1, "head.power": 1.0}),
                                 ("head.kind linear", {"head.seed": 1, "head.kind": "linear"})):
             second = fit(elpv_manifest(), Path(work) / name, config.updated(overrides)).results
             assert second["features_extracted"] == 0

@@ -68,3 +68,33 @@ def test_refit_trains_on_train_and_val_for_at_least_min_epochs(tmp_path):
     assert fit.refit_epochs == 4
     refit_log = (tmp_path / "head-refit" / "metrics.csv").read_text().splitlines()
     assert len({line.split(",")[0] for line in refit_log[1:]}) == 4
+
+
+def test_features_are_power_normalised_before_standardisation_by_default():
+    assert HeadConfig().power == 0.5
+    x = torch.tensor([[0.0, 4.0], [1.0, -9.0], [9.0, 1.0]])
+    layer = build_head(2, 3, HeadConfig(kind="linear"))[0].fit(x)
+    root = x.sign() * x.abs().sqrt()  # signed square root
+    assert torch.allclose(layer.mean, root.mean(0)) and torch.allclose(layer.std, root.std(0))
+    assert torch.allclose(layer(x), (root - root.mean(0)) / root.std(0))
+    assert torch.equal(Standardize(2, 1.0).normalise(x), x)  # power 1 leaves the features as they are
+
+
+def test_power_normalisation_keeps_a_finite_gradient_at_zero():
+    x = torch.tensor([0.0, 1e-12, 0.25], requires_grad=True)  # fine-tuning back-propagates through it
+    Standardize(3, 0.5).normalise(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[2] == pytest.approx(1.0)
+
+
+def test_a_head_says_its_power_and_one_saved_before_power_normalisation_loads_without_it():
+    x = torch.rand(3, 4)
+    old = build_head(4, 2, HeadConfig(kind="linear", power=1.0))
+    old[0].fit(torch.rand(10, 4))
+    state = {k: v for k, v in old.state_dict().items() if not k.endswith("power")}  # as graft wrote heads before
+    loaded = build_head(4, 2, HeadConfig(kind="linear"))  # today's default config says 0.5
+    loaded.load_state_dict(state)
+    assert loaded[0].exponent == 1.0 and torch.allclose(loaded(x), old(x))
+    rooted = build_head(4, 2, HeadConfig(kind="linear", power=0.5))
+    again = build_head(4, 2, HeadConfig(kind="linear", power=1.0))
+    again.load_state_dict(rooted.state_dict())  # the saved buffer, not the config, says what the head was trained with
+    assert again[0].exponent == 0.5 and torch.allclose(again(x), rooted(x))

@@ -12,13 +12,13 @@ from graft.data.manifest import ImageRecord
 from graft.errors import ConfigError
 from graft.evaluation.metrics import score_logits, score_probabilities
 from graft.model.fusion import softmax
-from graft.model.head import predict_logits
+from graft.model.head import build_head, predict_logits
 from graft.rows import RowFile, write_rows
 from graft.run import RunFiles, read_out_of_fold, write_out_of_fold
 from graft.training.crossfit import cross_fit
 from graft.training.families import Candidate, fit_head_of, out_of_fold
 from graft.training.fit import fit
-from graft.training.streaming import MinibatchStream
+from graft.training.streaming import MinibatchStream, fit_linear, fit_standardize
 
 
 def blobs(n: int = 600, classes: int = 6, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -154,3 +154,17 @@ def test_out_of_fold_logits_of_features_on_disk_go_to_disk_and_only_the_chosen_s
     write_out_of_fold(run, [r.path for r in records], streamed.logits, streamed.fold)
     paths, saved = read_out_of_fold(run.root)
     assert paths == [r.path.resolve() for r in records] and np.array_equal(saved, streamed.logits.take())
+
+
+def test_a_linear_head_started_from_the_previous_c_reaches_the_same_optimum_in_fewer_evaluations():
+    x, y = blobs(n=400, seed=2)
+    head = build_head(x.shape[1], 6, HeadConfig(kind="linear"))
+    fit_standardize(head[0], x)
+    previous = nn.Linear(x.shape[1], 6)
+    fit_linear(previous, x, y, 0.01, None, -30.0, head[0])  # the C grid's previous point
+    cold, warm = nn.Linear(x.shape[1], 6), nn.Linear(x.shape[1], 6)
+    cold_evaluations = fit_linear(cold, x, y, 0.1, None, -30.0, head[0])
+    warm_evaluations = fit_linear(warm, x, y, 0.1, None, -30.0, head[0], start=previous)
+    assert warm_evaluations < cold_evaluations
+    objectives = [sklearn_objective(nn.Sequential(head[0], linear), x, y, 0.1) for linear in (cold, warm)]
+    assert objectives[1] == pytest.approx(objectives[0], abs=1e-4)

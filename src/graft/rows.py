@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +95,14 @@ class RowFile:
                 first = int(rows.min())
                 yield wanted[group], self._read_span(handle, first, int(rows.max()) + 1)[rows - first]
 
-    def moments(self, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def moments(self, indices: np.ndarray | None = None,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean and (n - 1) standard deviation per column in float64, one block at a time (Chan's pairwise update,
-        which does not lose precision the way sum-of-squares does on features with a large mean)."""
+        which does not lose precision the way sum-of-squares does on features with a large mean), of the rows or of
+        ``transform`` applied to each block."""
         count, mean, m2 = 0, np.zeros(self.dim), np.zeros(self.dim)
         for _, rows in self.blocks(indices):
+            rows = rows if transform is None else transform(rows)
             n, block_mean = len(rows), rows.mean(0, dtype=np.float64)
             delta = block_mean - mean
             m2 += ((rows - block_mean) ** 2).sum(0) + delta**2 * count * n / (count + n)

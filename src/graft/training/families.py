@@ -61,16 +61,23 @@ def candidates(config: HeadConfig, images_per_class: float) -> list[Candidate]:
 
 
 def fit_head_of(kind: str, features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
-                weights: torch.Tensor | None, log_dir: Path, progress: bool = False) -> tuple[nn.Sequential, Path | None]:
-    """A head of ``kind`` with ``config``'s setting, trained on all of ``features``; with the MLP's epoch log."""
+                weights: torch.Tensor | None, log_dir: Path, progress: bool = False,
+                start: nn.Sequential | None = None) -> tuple[nn.Sequential, Path | None]:
+    """A head of ``kind`` with ``config``'s setting, trained on all of ``features``; with the MLP's epoch log.
+    ``start``: a head of the same kind already fitted on the same rows at another setting (the grid's previous C),
+    whose standardisation is reused and whose solution the linear head's L-BFGS starts from."""
     if kind == "mlp":
         return fit_head_epochs(features, labels, num_classes, config, weights, log_dir, "head", progress)
     head = build_head(features.shape[1], num_classes, config.model_copy(update={"kind": kind}))
-    fit_standardize(head[0], features)
+    if start is not None:
+        head[0].load_state_dict(start[0].state_dict())
+    else:
+        fit_standardize(head[0], features)
     if kind == "prototype":
         fit_prototypes(head[0], head[1], features, labels)
     else:
-        fit_linear(head[1], features, labels, config.c, weights, ABSENT, head[0])
+        fit_linear(head[1], features, labels, config.c, weights, ABSENT, head[0],
+                   start=start[1] if start is not None else None)
     return head.eval(), None
 
 
@@ -135,8 +142,10 @@ def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fol
             held, kept = fold == k, fold != k
             positions, held_rows = np.flatnonzero(held), take_rows(features, held)
             x, y = with_augmented(features, labels, extra, kept)
+            head = None  # the grid's previous head on these rows: a linear head starts from its solution
             for candidate in family:
-                head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir)
+                head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir,
+                                      start=head)
                 sinks[candidate].put(head, held_rows, positions)
     logits = {candidate: sink.result() for candidate, sink in sinks.items()}
     scores = {candidate: score(z) for candidate, z in logits.items()} if score is not None else {}

@@ -48,9 +48,10 @@ def blocks_of(rows: Rows) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 def fit_standardize(layer: Standardize, rows: Rows) -> None:
-    """The head's standardisation statistics, from memory (torch) or block by block (float64)."""
+    """The head's standardisation statistics (of the power-normalised rows), from memory (torch) or block by block
+    (float64)."""
     if isinstance(rows, RowFile):
-        mean, std = rows.moments()
+        mean, std = rows.moments(transform=lambda block: layer.normalise(torch.from_numpy(block)).numpy())
         layer.set_statistics(torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32),
                              len(rows))
     else:
@@ -70,21 +71,29 @@ def fit_prototypes(standardize: Standardize, prototypes: Prototypes, rows: Rows,
 
 
 def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weights: torch.Tensor | None,
-               absent: float, standardize: nn.Module, max_iter: int = 300) -> None:
+               absent: float, standardize: nn.Module, max_iter: int = 300, start: nn.Linear | None = None) -> int:
     """Multinomial logistic regression over the classes present in ``labels`` on ``standardize``d rows; the absent
     classes get logit ``absent``. The objective is scikit-learn's (class-weighted mean cross-entropy +
     ``|W|^2 / 2Cn``), minimised by full-batch L-BFGS in float32 to a gradient tolerance of 1e-3, as graft ran
     scikit-learn's lbfgs before: each evaluation is one pass over the rows - one matrix product in memory, a block
     at a time on disk, where scikit-learn cannot go (it needs the whole matrix, in float64). Measured on four
-    datasets' cross-fitting (5 folds x 3 C): 5-9x faster than scikit-learn, out-of-fold S within 0.003 of it."""
+    datasets' cross-fitting (5 folds x 3 C): 5-9x faster than scikit-learn, out-of-fold S within 0.003 of it.
+    ``start``: a linear head fitted on the same rows at another C (the previous point of the C grid), whose solution
+    L-BFGS starts from: the problem is convex, so the optimum is the same, reached in fewer evaluations.
+    Returns the number of loss/gradient evaluations."""
     if not isinstance(rows, RowFile):  # in memory: standardised once, not at every evaluation
         with torch.no_grad():
             rows, standardize = standardize(torch.as_tensor(rows, dtype=torch.float32)).numpy(), nn.Identity()
     present = np.unique(labels)
     remap = np.full(linear.out_features, -1)
     remap[present] = np.arange(len(present))
-    weight = torch.zeros(len(present), rows.shape[1], requires_grad=True)
-    bias = torch.zeros(len(present), requires_grad=True)
+    if start is None:
+        weight, bias = torch.zeros(len(present), rows.shape[1]), torch.zeros(len(present))
+    else:
+        kept = torch.as_tensor(present)
+        weight, bias = start.weight.detach()[kept].clone(), start.bias.detach()[kept].clone()
+    weight.requires_grad_()
+    bias.requires_grad_()
     class_weight = weights[present].float() if weights is not None else None
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-3,
                                   tolerance_change=1e-9, history_size=10, line_search_fn="strong_wolfe")
@@ -110,6 +119,7 @@ def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weig
         linear.bias.fill_(absent)
         linear.weight[torch.as_tensor(present)] = weight.detach()
         linear.bias[torch.as_tensor(present)] = bias.detach()
+    return optimizer.state[weight]["func_evals"]
 
 
 class LogitSink:
