@@ -36,3 +36,15 @@ def test_groups_by_observation_in_first_seen_order():
 
 def test_ranked_list():
     assert ranked(np.array([0.2, 0.5, 0.3]), ["x", "y", "z"], 2) == [("y", 0.5), ("z", 0.3)]
+
+
+@pytest.mark.parametrize("rule", ["mean", "max", "geometric", "borda"])
+def test_observations_are_fused_as_each_alone_whatever_the_row_order(rule):
+    rng = np.random.default_rng(0)
+    observations = [str(o) for o in rng.integers(0, 40, 200)]  # interleaved, 1 to ~10 images each
+    probabilities = rng.dirichlet(np.ones(7), 200)
+    result = fuse_observations(probabilities, observations, rule)
+    assert result.observations == list(dict.fromkeys(observations))
+    for observation, scores in zip(result.observations, result.scores, strict=True):
+        rows = [i for i, o in enumerate(observations) if o == observation]
+        assert scores == pytest.approx(fuse(probabilities[rows], rule))

@@ -95,7 +95,7 @@ class HeadConfig(_Section):
         "out-of-fold probability is the mean of R heads that never saw it, and the MLP's bag holds all R x K fold "
         "heads. auto: 3 where the training part has fewer than head.repeat_below_images_per_class images per class "
         "(and its features are in memory), else 1. On leafsnap-dev (11 per class) 3 repeats raised Test S from "
-        "0.530 to 0.566 with Lite0 and from 0.593 to 0.611 with Lite0+Lite2 (10 seeds), for 3x the head's seconds.")
+        "0.531 to 0.566 with Lite0 and from 0.593 to 0.611 with Lite0+Lite2 (10 seeds), for 3x the head's seconds.")
     repeat_below_images_per_class: float = Field(
         20.0, ge=0, description="repeats: auto repeats cross-fitting where classes have fewer training images than this:"
         " few images per class is where a bag's heads disagree most, and where a head takes seconds.")

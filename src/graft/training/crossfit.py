@@ -46,15 +46,23 @@ def fold_of(records: Sequence[ImageRecord], k: int, seed: int) -> np.ndarray:
     """The fold (0..k-1) of each image: grouped by observation, stratified by label, seeded.
 
     K shrinks to what the data allows (no more folds than observations, nor than the largest label has images).
+    Where every observation is one image (ELPV, folder data) there is nothing to group, and scikit-learn's
+    ``StratifiedKFold`` does the same job as its ``StratifiedGroupKFold`` in 5 ms instead of 0.22 s (2,100 ELPV
+    images: one greedy Python step per group).
     """
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
     observations = {o: i for i, o in enumerate(dict.fromkeys(r.observation for r in records))}
     groups = np.array([observations[r.observation] for r in records])
     labels = np.array([r.label for r in records])
     largest = max(np.unique(labels, return_counts=True)[1])
     k = max(2, min(k, len(observations), largest))
-    splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed) if largest >= k else GroupKFold(k)
+    if largest < k:
+        splitter = GroupKFold(k)
+    elif len(observations) == len(records):
+        splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
+    else:
+        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
     fold = np.zeros(len(records), np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # labels with fewer observations than folds are spread as far as they go
