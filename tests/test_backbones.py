@@ -95,3 +95,38 @@ def test_mobilenetv2_loads_offline_from_the_deep_sort_package_by_tensor_order(tm
     backbone = create_backbone("mobilenetv2_100")
     assert backbone.num_features == 1280 and backbone.data_config["input_size"] == (3, 224, 224)
     assert torch.equal(backbone.model.conv_stem.weight, reference.conv_stem.weight)
+
+
+def test_framing_decides_what_of_the_image_the_backbone_sees_and_keys_the_cache():
+    """backbone.crop_mode / crop_pct reach timm's eval transform: the centre crop cuts a wide image's ends, squash
+    and border keep them (border pads the rest with the mean colour); each framing is its own cache key, and the
+    weights' own framing keeps the key caches had before the settings existed."""
+    from PIL import Image
+
+    from graft.config import BackboneConfig
+    from graft.features.cache import extractor_key
+
+    image = Image.new("RGB", (200, 100), (128, 128, 128))
+    for x in (*range(0, 12), *range(188, 200)):  # red ends, 6% of the width on each side
+        for y in range(100):
+            image.putpixel((x, y), (255, 0, 0))
+
+    def framed(**framing):
+        backbone = create_backbone("test_efficientnet", pretrained=False, image_size=32, **framing)
+        return backbone, backbone.transform()(image)
+
+    def red_columns(tensor):  # normalised with mean/std 0.5: red is R=1, G=-1
+        return int(((tensor[0] > 0.5) & (tensor[1] < -0.5)).any(dim=0).sum())
+
+    centre, centre_pixels = framed()
+    assert centre.data_config["crop_mode"] == "center" and red_columns(centre_pixels) == 0
+    squash, squash_pixels = framed(crop_mode="squash", crop_pct=1.0)
+    assert red_columns(squash_pixels) >= 2 and squash_pixels.shape == centre_pixels.shape
+    border, border_pixels = framed(crop_mode="border", crop_pct=1.0)
+    assert red_columns(border_pixels) >= 2
+    assert torch.allclose(border_pixels[:, 0], torch.zeros(3, 32), atol=0.01)  # top row: padding in the mean colour
+    keys = {extractor_key(b, "reduced") for b in (centre, squash, border)}
+    assert len(keys) == 3
+    settings = BackboneConfig(name="test_efficientnet", pretrained=False, image_size=32).model_dump()
+    before = {k: v for k, v in settings.items() if k not in ("crop_mode", "crop_pct")}  # graft's call until now
+    assert extractor_key(create_backbone(**settings), "reduced") == extractor_key(create_backbone(**before), "reduced")

@@ -42,6 +42,13 @@ class BackboneConfig(_Section):
         True, description="NHWC memory layout: 1.4-1.5x faster CPU inference here (bench/finetune.py, bench/extract.py)."
     )
     image_size: int | None = Field(None, ge=16, description="Input resolution; None = the weights' own.")
+    crop_mode: Literal["center", "squash", "border"] | None = Field(
+        None, description="How an image is framed to the square input (timm's eval crop_mode): center crops the "
+        "middle, squash resizes the whole image to the square, border fits it whole and pads; None = the weights' "
+        "own (center). Out of fold, the centre crop led on leafsnap-dev and seedlings (README).")
+    crop_pct: float | None = Field(
+        None, gt=0, le=1, description="Share of the resized image the crop keeps (timm's crop_pct; 1 = nothing cut "
+        "beyond the aspect ratio); None = the weights' own (0.875 for Lite0).")
 
 
 class FeatureConfig(_Section):

