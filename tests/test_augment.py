@@ -57,8 +57,10 @@ def test_weights_choose_groups():
     assert set(calls) == {"g0"}
 
 
-def test_p_zero_training_transform_equals_the_eval_transform():
-    backbone = create_backbone("test_efficientnet", pretrained=False, image_size=48)
+@pytest.mark.parametrize("framing", [{}, {"crop_mode": "squash", "crop_pct": 1.0}, {"crop_mode": "border"}])
+def test_p_zero_training_transform_equals_the_eval_transform(framing):
+    """Fine-tuning sees images framed as extraction and serving frame them, whatever backbone.crop_mode says."""
+    backbone = create_backbone("test_efficientnet", pretrained=False, image_size=48, **framing)
     image = Image.effect_mandelbrot((90, 70), (-2, -1.2, 1, 1.2), 30).convert("RGB")
     plain = training_transform(backbone.data_config, AugmentConfig(p=0.0))(image)
     assert torch.allclose(plain, backbone.transform()(image), atol=1e-6)  # same resize, crop, scale

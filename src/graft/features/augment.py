@@ -2,7 +2,7 @@
 
 With probability ``p`` (0.8) one group is drawn at random and applied; otherwise the network sees the real image.
 Stacking many transforms at once makes images the network never meets in reality and slows convergence.
-Transforms are torchvision v2 and run on the resized, centre-cropped float image, before normalisation.
+Transforms are torchvision v2 and run on the float image framed as the eval transform frames it, before normalisation.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import threading
 import zlib
 from collections.abc import Sequence
 
+import timm
 import torch
+from timm.data.transforms import MaybeToTensor
 from torch import nn
-from torchvision.transforms import v2
+from torchvision.transforms import Normalize, v2
 
 from graft.config import AugmentConfig
 
@@ -53,13 +55,12 @@ class OneGroupAugment(nn.Module):
 
 
 def training_transform(data_config: dict, config: AugmentConfig) -> v2.Compose:
-    """Resize and centre-crop as the weights expect, augment (one group or none), then normalise."""
-    size = data_config["input_size"][-2:]
-    scale_size = int(size[0] / data_config.get("crop_pct", 1.0))
-    interpolation = v2.InterpolationMode(data_config.get("interpolation", "bicubic"))
+    """Frame the image as the weights' eval transform does (timm's own resize and crop steps, so ``crop_mode`` and
+    ``crop_pct`` hold here too), augment (one group or none), then normalise."""
+    eval_steps = timm.data.create_transform(**data_config, is_training=False).transforms
+    framing = [step for step in eval_steps if not isinstance(step, MaybeToTensor | Normalize)]  # ours follow
     return v2.Compose([
-        v2.Resize(scale_size, interpolation=interpolation, antialias=True),  # on the PIL image, exactly as timm's eval
-        v2.CenterCrop(size),
+        *framing,
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         OneGroupAugment(build_groups(config), config.p, config.weights),
