@@ -24,12 +24,14 @@ def test_default_head_is_the_seeds():
     assert isinstance(head[0], Standardize)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the MLP's activations in training
 @pytest.mark.parametrize("p", [0.5, 0.2])
-def test_dropout_zeroes_units_with_probability_p_scales_the_rest_and_is_off_in_eval(p):
+def test_dropout_zeroes_units_with_probability_p_scales_the_rest_and_is_off_in_eval(p, dtype):
     torch.manual_seed(0)
-    x = torch.rand(400, 500) + 0.5  # no zeros of its own
+    x = (torch.rand(400, 500) + 0.5).to(dtype)  # no zeros of its own
     dropout = FastDropout(p).train()
     y = dropout(x)
+    assert y.dtype == dtype
     assert (y == 0).float().mean().item() == pytest.approx(p, abs=0.01)
     kept = y != 0
     assert torch.allclose(y[kept], x[kept] / (1 - p))  # the expected activation is unchanged
