@@ -147,6 +147,21 @@ def test_mlp_grid_stops_at_the_first_epoch_count_that_does_not_beat_the_best_bef
     assert np.allclose(found.logits[family[1]], everything.logits[family[1]], atol=1e-6)
 
 
+@pytest.mark.parametrize("min_gain, trained", [(0.005, 2), (0.0, 3)])
+def test_an_mlp_count_must_beat_the_best_by_more_than_the_grids_min_gain(tmp_path, min_gain, trained):
+    x, y, fold = noise_in_three_folds()
+    config = HeadConfig(width=8, epochs=3, grid_min_gain=min_gain)
+    family = [Candidate("mlp", float(e)) for e in (1, 2, 3)]
+    scripted = iter([0.5, 0.504, 0.4])  # +0.004: a tie at min_gain 0.005 (stop, keep the shorter count), else a gain
+    found = out_of_fold(family, x, y, fold, 3, config, None, tmp_path, score=lambda _: {"S": next(scripted)})
+    assert list(found.scores) == family[:trained]
+    assert list(found.logits) == [family[0] if min_gain else family[1]]
+
+
+def test_the_grids_min_gain_defaults_to_half_a_percent_of_s():
+    assert HeadConfig().grid_min_gain == 0.005
+
+
 def few_shot(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """30 classes x 3 images in 300 dimensions: separable, as leafsnap-dev's ~11 images per class in 1,280."""
     y = np.repeat(np.arange(30), 3)

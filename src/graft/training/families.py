@@ -116,8 +116,8 @@ def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fol
     (nor any augmented view of it: ``extra`` rows train with their originals' fold), scored by ``score``. ``folds``
     is each row's fold, ``[n]``, or one row of folds per repeat, ``[R, n]``: a row's logits are then the log of its
     R heads' mean probability. Features on disk get their logits on disk too, as row files in ``scratch``. The MLP's
-    heads train side by side and stop at the first epoch count that does not beat the best before it
-    (:mod:`graft.training.fold_heads`; without a ``score``, every count)."""
+    heads train side by side and stop at the first epoch count that does not beat the best before it by more than
+    ``head.grid_min_gain`` (:mod:`graft.training.fold_heads`; without a ``score``, every count)."""
     folds = np.atleast_2d(folds)
     on_disk = scratch is not None and isinstance(features, RowFile)
 

@@ -5,8 +5,9 @@ its held-out fold. Trained one fold after another, every fold had to run to the 
 was known. Trained side by side - one Lightning run whose every step is one minibatch of each fold's training rows,
 each head its own loss (the sum's gradient is each head's own, and Adam is elementwise, so one optimizer is K) - the
 out-of-fold S of a count is known as soon as training passes it, and training stops at the first count whose S does
-not beat the best before it. Where the MLP's S is flat after a few epochs (ELPV, seedlings, flavia) that halves its
-cost; where it still climbs (leafsnap-dev) the whole grid runs. Only the best count's logits and heads are kept.
+not beat the best before it by more than ``head.grid_min_gain`` (0.005). Where the MLP's S is flat after a few epochs
+(ELPV, seedlings, flavia) that halves its cost or more; where it still climbs (leafsnap-dev) the whole grid runs.
+Only the best count's logits and heads are kept.
 Repeated cross-fitting (``head.repeats``) trains every repeat's K heads in the same run, and a count's S is that of
 each row's R out-of-fold predictions averaged.
 """
@@ -60,13 +61,13 @@ class GridResult:
 
 class _GridScores(Callback):
     """At each count of the grid: every fold's head predicts its held-out rows, the count is scored, and training
-    stops when its S does not beat the best count's (ties keep the earlier, shorter one). Without a ``score`` every
-    count is kept and training runs to the end."""
+    stops when its S does not beat the best count's by more than ``min_gain`` (ties keep the earlier, shorter one).
+    Without a ``score`` every count is kept and training runs to the end."""
 
     def __init__(self, features: Rows, folds: np.ndarray, grid: list[int], sink: Callable[[int], LogitSink],
-                 score: Score | None, result: GridResult):
+                 score: Score | None, result: GridResult, min_gain: float = 0.0):
         self.features, self.held = features, [np.flatnonzero(fold == k) for fold in folds for k in np.unique(fold)]
-        self.grid, self.sink, self.score, self.result = grid, sink, score, result
+        self.grid, self.sink, self.score, self.result, self.min_gain = grid, sink, score, result, min_gain
 
     def on_train_epoch_end(self, trainer, module: FoldHeads):
         epochs = trainer.current_epoch + 1
@@ -81,7 +82,7 @@ class _GridScores(Callback):
             scores = self.result.scores[epochs] = self.score(logits)
             module.log("oof_S", float(scores["S"]), on_step=False, on_epoch=True)
             best = next(iter(self.result.logits), None)
-            if best is not None and scores["S"] <= self.result.scores[best]["S"]:
+            if best is not None and scores["S"] <= self.result.scores[best]["S"] + self.min_gain:
                 trainer.should_stop = True
                 discard(logits)
                 return
@@ -110,7 +111,7 @@ def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, he
             heads.append(head)
             loaders.append(train_loader(rows, labels, config.batch_size, config.seed + len(loaders), kept))
     result = GridResult()
-    scores = _GridScores(held, folds, grid, sink, score, result)
+    scores = _GridScores(held, folds, grid, sink, score, result, config.grid_min_gain)
     with quiet_lightning():  # its pytree deprecation chatter
         combined = CombinedLoader(loaders, mode="max_size")
     fit_module(FoldHeads(heads, config, weights), combined, None, max(grid), log_dir, "folds", [scores], False,
