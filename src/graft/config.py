@@ -87,12 +87,12 @@ class HeadConfig(_Section):
     epoch_grid: list[int] = Field(
         default_factory=lambda: [5, 10, 15, 20], description="MLP epoch counts tried by cross-fitting, in order: the K "
         "fold heads train side by side and stop at the first count whose out-of-fold S does not beat the best before "
-        "it. 40 was dropped: in 12 cross-fits (ELPV, seedlings, leafsnap-dev, flavia x 3 seeds) it never changed the "
-        "choice, and it doubled the MLP's cost.")
+        "it by more than grid_min_gain. 40 was dropped: in 12 cross-fits (ELPV, seedlings, leafsnap-dev, flavia x 3 "
+        "seeds) it never changed the choice, and it doubled the MLP's cost.")
     grid_min_gain: float = Field(
         0.005, ge=0, description="The out-of-fold S by which an MLP epoch count must beat the best count before it "
-        "for training to go on (less is a tie, and ties keep the shorter count). Where the MLP is flat (ELPV 0.846, "
-        "0.848, 0.844 at 5, 10, 15; seedlings, flavia) gains of 0.001-0.004 cost 5 more epochs each, for a head the "
+        "for training to go on (less is a tie, and ties keep the shorter count). Where the MLP is flat (ELPV 0.845, "
+        "0.848, 0.840 at 5, 10, 15; seedlings, flavia) gains of 0.001-0.004 cost 5 more epochs each, for a head the "
         "linear one beat anyway; leafsnap-dev's MLP climbs by 0.007-0.11 a step (10 seeds at 320 px: one choice "
         "moved, 10 epochs at 0.203 for 15 at 0.205).")
     scale: float = Field(20.0, gt=0, description="Prototype head: cosine similarity x scale = logits.")
