@@ -16,6 +16,7 @@ from graft.errors import ConfigError
 from graft.model.fusion import softmax
 from graft.model.head import HeadBag, Standardize, predict_logits
 from graft.run import RunFiles, load_run, read_manifest, read_out_of_fold
+from graft.training import crossfit
 from graft.training.crossfit import REPEATS_AUTO, fold_of, repeat_seed, repeats_for
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
 from graft.training.fit import fit
@@ -156,6 +157,20 @@ def test_an_mlp_count_must_beat_the_best_by_more_than_the_grids_min_gain(tmp_pat
     found = out_of_fold(family, x, y, fold, 3, config, None, tmp_path, score=lambda _: {"S": next(scripted)})
     assert list(found.scores) == family[:trained]
     assert list(found.logits) == [family[0] if min_gain else family[1]]
+
+
+def test_an_mlp_count_the_grid_called_a_tie_is_scored_but_never_chosen(monkeypatch):
+    """A count that gains less than grid_min_gain has the higher S but no logits: choosing it left none to save."""
+    recs = records(n_labels=3, observations=6, images=2)
+    x = np.random.default_rng(0).normal(size=(len(recs), 8)).astype(np.float32)
+    y = np.array([int(r.label[1:]) for r in recs])
+    scripted = iter([0.5, 0.504])  # epochs 1, then 2: +0.004, a tie at min_gain 0.005
+    monkeypatch.setattr(crossfit, "score_logits", lambda *_: {"S": next(scripted), "top1": 0, "top3": 0, "top5": 0})
+    config = HeadConfig(kind="mlp", width=8, epochs=3, epoch_grid=[1, 2, 3], grid_min_gain=0.005, repeats=1, folds=3)
+    selection = crossfit.cross_fit(x, y, recs, ["L0", "L1", "L2"], config, None, "mean")
+    assert [row["S"] for row in selection.rows] == [0.5, 0.504]
+    assert selection.chosen == Candidate("mlp", 1.0)
+    assert selection.logits.shape == (len(recs), 3) and len(selection.fold_heads) == 3
 
 
 def test_the_grids_min_gain_defaults_to_half_a_percent_of_s():

@@ -135,7 +135,9 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
             rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
                          **{k: scores[k] for k in ("S", "top1", "top3", "top5")}, "seconds": round(seconds, 2)})
             oof = found.logits.get(candidate)  # the MLP keeps only its best count's
-            if scores["S"] > chosen_s:  # ties keep the first, i.e. the simpler family
+            # ties keep the first, i.e. the simpler family; an MLP count its grid called a tie (a gain under
+            # head.grid_min_gain) is scored but not kept, so it cannot be chosen
+            if oof is not None and scores["S"] > chosen_s:
                 oof, chosen_logits = chosen_logits, oof
                 chosen, chosen_s, chosen_heads = candidate, scores["S"], found.fold_heads.get(candidate, [])
             discard(oof)  # the one not kept
