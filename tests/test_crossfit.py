@@ -169,6 +169,8 @@ def test_an_mlp_count_the_grid_called_a_tie_is_scored_but_never_chosen(monkeypat
     config = HeadConfig(kind="mlp", width=8, epochs=3, epoch_grid=[1, 2, 3], grid_min_gain=0.005, repeats=1, folds=3)
     selection = crossfit.cross_fit(x, y, recs, ["L0", "L1", "L2"], config, None, "mean")
     assert [row["S"] for row in selection.rows] == [0.5, 0.504]
+    assert [row["stopped_grid"] for row in selection.rows] == [False, True]
+    assert "mlp epochs=2 (stopped the grid" in selection.table()
     assert selection.chosen == Candidate("mlp", 1.0)
     assert selection.logits.shape == (len(recs), 3) and len(selection.fold_heads) == 3
 

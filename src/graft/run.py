@@ -228,12 +228,17 @@ def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_MARKS = {"chosen": " (chosen)", "stopped_grid": " (stopped the grid: not > best + grid_min_gain)"}
+
+
 def head_selection_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Cross-fitting's candidates (``results.json``'s ``head_selection``) as a Markdown table, the chosen one marked:
-    the run's note and the report print the same table."""
+    """Cross-fitting's candidates (``results.json``'s ``head_selection``) as a Markdown table, the chosen one marked,
+    and the MLP count that stopped its grid (not better than the best by ``head.grid_min_gain``, so never chosen even
+    where its S reads higher): the run's note and the report print the same table."""
     lines = ["| head (out of fold) | S | Top-1 | Top-5 | seconds |", "|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['head']}{' (chosen)' if row.get('chosen') else ''} | "
+        mark = next((text for key, text in _MARKS.items() if row.get(key)), "")
+        lines.append(f"| {row['head']}{mark} | "
                      + " | ".join(_cell(row.get(key)) for key in ("S", "top1", "top5")) + f" | {row['seconds']:.1f} |")
     return "\n".join(lines)
 
