@@ -161,9 +161,8 @@ def test_an_mlp_count_must_beat_the_best_by_more_than_the_grids_min_gain(tmp_pat
 
 def test_an_mlp_count_the_grid_called_a_tie_is_scored_but_never_chosen(monkeypatch):
     """A count that gains less than grid_min_gain has the higher S but no logits: choosing it left none to save."""
-    recs = records(n_labels=3, observations=6, images=2)
-    x = np.random.default_rng(0).normal(size=(len(recs), 8)).astype(np.float32)
-    y = np.array([int(r.label[1:]) for r in recs])
+    x, y, _ = noise_in_three_folds()
+    recs = records(n_labels=3, observations=6, images=2)  # the records those rows belong to
     scripted = iter([0.5, 0.504])  # epochs 1, then 2: +0.004, a tie at min_gain 0.005
     monkeypatch.setattr(crossfit, "score_logits", lambda *_: {"S": next(scripted), "top1": 0, "top3": 0, "top5": 0})
     config = HeadConfig(kind="mlp", width=8, epochs=3, epoch_grid=[1, 2, 3], grid_min_gain=0.005, repeats=1, folds=3)
