@@ -4,9 +4,9 @@
 Per dataset and seed, graft's own folds (and repeats) score the linear and prototype families as cross-fitting does,
 and the MLP's fold heads at every epoch 1..``--epochs``: the grid's early stop is off, so every count is scored. A
 count's heads are the same whatever grid is used (scoring draws no random numbers), so each grid in ``--grids`` can
-be replayed on the same curve: where its stop rule (a count must beat the best before it by more than
-``head.grid_min_gain``) stops, the count it keeps, and the family cross-fitting then chooses. Nothing here looks at
-a test part.
+be replayed on the same curve: where its stop rule stops (a count that does not beat the best before it by more than
+``head.grid_min_gain`` is a tie, and a tie stops the grid while the MLP trails the other families), the count it
+keeps, and the family cross-fitting then chooses. Nothing here looks at a test part.
 
     python bench/epochs.py [--datasets elpv flavia seedlings leafsnap-dev] [--seeds 3] [--epochs 20]
                            [--grids 5,10,15,20 3,5,10,15,20 2,5,10,15,20] [--cache-dir DIR]
@@ -30,13 +30,15 @@ from graft.training.families import Candidate, out_of_fold
 from graft.training.fit import labelled_features
 
 
-def replay(grid: list[int], curve: dict[int, float], min_gain: float) -> tuple[int, int]:
-    """(the count a grid keeps, the count it trains to) under the fold heads' stop rule, on a scored curve."""
+def replay(grid: list[int], curve: dict[int, float], min_gain: float, leader: float) -> tuple[int, int]:
+    """(the count a grid keeps, the count it trains to) under the fold heads' stop rule, on a scored curve;
+    ``leader``: the other families' best S."""
     best = grid[0]
     for epochs in grid[1:]:
-        if curve[epochs] <= curve[best] + min_gain:
+        if curve[epochs] > curve[best] + min_gain:
+            best = epochs
+        elif curve[best] <= leader:
             return best, epochs
-        best = epochs
     return best, grid[-1]
 
 
@@ -81,7 +83,7 @@ def main() -> None:
             print(f"| {epochs} | {np.mean(values):.4f} ± {np.std(values):.4f} |")
         print("\n| grid | MLP kept (epochs) | MLP trained to | chosen family |\n|---|---|---|---|")
         for name, grid in grids.items():
-            replays = [replay(grid, curve, min_gain) for curve, _ in runs]
+            replays = [replay(grid, curve, min_gain, max(others.values())) for curve, others in runs]
             chosen = ["mlp" if curve[kept] > max(others.values()) else max(others, key=others.get)
                       for (kept, _), (curve, others) in zip(replays, runs, strict=True)]
             print(f"| {name} | {', '.join(str(kept) for kept, _ in replays)} | "

@@ -15,7 +15,7 @@ from graft.data.manifest import ImageRecord
 from graft.errors import ConfigError
 from graft.model.fusion import softmax
 from graft.model.head import HeadBag, Standardize, predict_logits
-from graft.run import RunFiles, load_run, read_manifest, read_out_of_fold
+from graft.run import RunFiles, head_selection_table, load_run, read_manifest, read_out_of_fold
 from graft.training import crossfit
 from graft.training.crossfit import REPEATS_AUTO, fold_of, repeat_seed, repeats_for
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
@@ -159,19 +159,42 @@ def test_an_mlp_count_must_beat_the_best_by_more_than_the_grids_min_gain(tmp_pat
     assert list(found.logits) == [family[0] if min_gain else family[1]]
 
 
-def test_an_mlp_count_the_grid_called_a_tie_is_scored_but_never_chosen(monkeypatch):
-    """A count that gains less than grid_min_gain has the higher S but no logits: choosing it left none to save."""
+def scripted_cross_fit(monkeypatch, scores: list[float], **config) -> crossfit.Selection:
+    """cross_fit on noise_in_three_folds' rows, its candidates scored in turn by ``scores`` (linear and prototype
+    first, then the MLP's counts), with a grid of epochs 1, 2, 3."""
     x, y, _ = noise_in_three_folds()
     recs = records(n_labels=3, observations=6, images=2)  # the records those rows belong to
-    scripted = iter([0.5, 0.504])  # epochs 1, then 2: +0.004, a tie at min_gain 0.005
+    scripted = iter(scores)
     monkeypatch.setattr(crossfit, "score_logits", lambda *_: {"S": next(scripted), "top1": 0, "top3": 0, "top5": 0})
-    config = HeadConfig(kind="mlp", width=8, epochs=3, epoch_grid=[1, 2, 3], grid_min_gain=0.005, repeats=1, folds=3)
-    selection = crossfit.cross_fit(x, y, recs, ["L0", "L1", "L2"], config, None, "mean")
-    assert [row["S"] for row in selection.rows] == [0.5, 0.504]
-    assert [row["stopped_grid"] for row in selection.rows] == [False, True]
-    assert "mlp epochs=2 (stopped the grid" in selection.table()
+    config = HeadConfig(width=8, epochs=3, epoch_grid=[1, 2, 3], grid_min_gain=0.005, repeats=1, folds=3,
+                        c_grid=[1.0], **config)
+    return crossfit.cross_fit(x, y, recs, ["L0", "L1", "L2"], config, None, "mean")
+
+
+def test_an_mlp_count_the_grid_called_a_tie_is_scored_but_never_chosen(monkeypatch):
+    """A count that gains less than grid_min_gain has the higher S but no logits: choosing it left none to save."""
+    selection = scripted_cross_fit(monkeypatch, [0.5, 0.504, 0.503], kind="mlp")  # +0.004 and +0.003: ties
+    assert [row["S"] for row in selection.rows] == [0.5, 0.504, 0.503]  # alone, the MLP leads: ties go on
+    assert [row["tie"] for row in selection.rows] == [False, True, True]
+    assert "mlp epochs=2 (a tie" in selection.table() and "mlp epochs=3 (a tie" in selection.table()
     assert selection.chosen == Candidate("mlp", 1.0)
-    assert selection.logits.shape == (len(recs), 3) and len(selection.fold_heads) == 3
+    assert selection.logits.shape == (len(selection.fold[0]), 3) and len(selection.fold_heads) == 3
+
+
+@pytest.mark.parametrize(("linear", "mlp_counts", "chosen"), [
+    (0.6, 2, Candidate("linear", 1.0)),  # the MLP trails the linear head: its tie at 2 epochs stops the grid
+    (0.45, 3, Candidate("mlp", 3.0)),  # the MLP leads: the tie goes on, and 3 epochs gain
+])
+def test_a_tie_stops_the_mlp_grid_only_while_the_mlp_trails_the_families_scored_before_it(monkeypatch, linear,
+                                                                                           mlp_counts, chosen):
+    selection = scripted_cross_fit(monkeypatch, [linear, 0.4, 0.5, 0.504, 0.6])  # linear, prototype, MLP 1, 2, 3
+    assert [row["head"] for row in selection.rows][2:] == [f"mlp epochs={e}" for e in range(1, mlp_counts + 1)]
+    assert selection.chosen == chosen
+
+
+def test_an_old_runs_stopped_grid_mark_still_reads_as_a_tie():
+    row = {"head": "mlp epochs=10", "S": 0.85, "top1": 0.7, "top5": 1.0, "seconds": 1.0, "stopped_grid": True}
+    assert "mlp epochs=10 (a tie" in head_selection_table([row])
 
 
 def test_the_grids_min_gain_defaults_to_half_a_percent_of_s():

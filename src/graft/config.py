@@ -92,7 +92,8 @@ class HeadConfig(_Section):
         "out-of-fold S dips at 2-4 epochs before it climbs, and a grid from 2 stopped it there (bench/epochs.py).")
     grid_min_gain: float = Field(
         0.005, ge=0, description="The out-of-fold S by which an MLP epoch count must beat the best count before it "
-        "for training to go on (less is a tie, and ties keep the shorter count). Where the MLP is flat (ELPV 0.845, "
+        "for training to go on (less is a tie, and ties keep the shorter count) while the MLP trails the other "
+        "families; where it leads, the grid runs to its end. Where the MLP is flat (ELPV 0.845, "
         "0.848, 0.840 at 5, 10, 15; seedlings, flavia) gains of 0.001-0.004 cost 5 more epochs each, for a head the "
         "linear one beat anyway; leafsnap-dev's MLP climbs by 0.007-0.11 a step (10 seeds at 320 px: one choice "
         "moved, 10 epochs at 0.203 for 15 at 0.205).")

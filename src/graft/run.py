@@ -228,13 +228,14 @@ def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_MARKS = {"chosen": " (chosen)", "stopped_grid": " (stopped the grid: not > best + grid_min_gain)"}
+_TIE = " (a tie: not > best before it + grid_min_gain)"
+_MARKS = {"chosen": " (chosen)", "tie": _TIE, "stopped_grid": _TIE}  # stopped_grid: runs written before "tie"
 
 
 def head_selection_table(rows: Sequence[dict[str, Any]]) -> str:
     """Cross-fitting's candidates (``results.json``'s ``head_selection``) as a Markdown table, the chosen one marked,
-    and the MLP count that stopped its grid (not better than the best by ``head.grid_min_gain``, so never chosen even
-    where its S reads higher): the run's note and the report print the same table."""
+    and the MLP counts that were ties (not better than the best count before them by ``head.grid_min_gain``, so
+    never chosen even where their S reads higher): the run's note and the report print the same table."""
     lines = ["| head (out of fold) | S | Top-1 | Top-5 | seconds |", "|---|---|---|---|---|"]
     for row in rows:
         mark = next((text for key, text in _MARKS.items() if row.get(key)), "")

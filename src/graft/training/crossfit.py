@@ -129,13 +129,12 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as fold_logs:  # the folds' logs go; only the MLP's heads are kept (bag)
             found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs),
-                                extra, scratch, score)
+                                extra, scratch, score, leader=chosen_s)  # the MLP's grid: the S it must beat
         seconds = (time.perf_counter() - start) / len(found.scores)
-        last = list(found.scores)[-1]  # an MLP grid's last count, when not kept, is where it stopped
         for candidate, scores in found.scores.items():
             rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
                          **{k: scores[k] for k in ("S", "top1", "top3", "top5")}, "seconds": round(seconds, 2),
-                         "stopped_grid": candidate.kind == "mlp" and candidate == last and candidate not in found.logits})
+                         "tie": candidate in found.ties})
             oof = found.logits.get(candidate)  # the MLP keeps only its best count's
             # ties keep the first, i.e. the simpler family; an MLP count its grid called a tie (a gain under
             # head.grid_min_gain) is scored but not kept, so it cannot be chosen

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,24 +101,26 @@ def with_augmented(features: Rows, labels: np.ndarray, extra: np.ndarray | None,
 @dataclass
 class OutOfFold:
     """Per candidate of one family that was tried: its out-of-fold scores (when a ``score`` was given); the ``[n, C]``
-    out-of-fold logits of every candidate (linear, prototype) or of the best one (MLP, whose grid stops early); and
-    (MLP) the R x K fold heads that made them."""
+    out-of-fold logits of every candidate (linear, prototype) or of the best one (MLP, whose grid stops early); (MLP)
+    the R x K fold heads that made them, and the counts that were ties (scored, never kept)."""
 
     scores: dict[Candidate, dict[str, Any]]
     logits: dict[Candidate, Rows]
     fold_heads: dict[Candidate, list[nn.Module]]
+    ties: set[Candidate] = field(default_factory=set)
 
 
 def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, folds: np.ndarray,
                 num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
                 log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None,
-                score: Score | None = None) -> OutOfFold:
+                score: Score | None = None, leader: float = math.inf) -> OutOfFold:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
     (nor any augmented view of it: ``extra`` rows train with their originals' fold), scored by ``score``. ``folds``
     is each row's fold, ``[n]``, or one row of folds per repeat, ``[R, n]``: a row's logits are then the log of its
     R heads' mean probability. Features on disk get their logits on disk too, as row files in ``scratch``. The MLP's
     heads train side by side and stop at the first epoch count that does not beat the best before it by more than
-    ``head.grid_min_gain`` (:mod:`graft.training.fold_heads`; without a ``score``, every count)."""
+    ``head.grid_min_gain`` while the MLP's best S is not above ``leader``, the other families' best
+    (:mod:`graft.training.fold_heads`; without a ``score``, every count)."""
     folds = np.atleast_2d(folds)
     on_disk = scratch is not None and isinstance(features, RowFile)
 
@@ -132,10 +135,10 @@ def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fol
             fold_of_row = np.concatenate([folds, np.repeat(folds, extra.shape[1], axis=1)], axis=1)
         grid = sorted(int(c.value) for c in family)
         found = train_fold_heads(rows, row_labels, fold_of_row, features, folds, num_classes, grid, config, weights,
-                                 log_dir, lambda epochs: sink(Candidate("mlp", float(epochs))), score)
+                                 log_dir, lambda epochs: sink(Candidate("mlp", float(epochs))), score, leader)
         named = {epochs: Candidate("mlp", float(epochs)) for epochs in grid}
         return OutOfFold({named[e]: s for e, s in found.scores.items()}, {named[e]: z for e, z in found.logits.items()},
-                         {named[e]: h for e, h in found.heads.items()})
+                         {named[e]: h for e, h in found.heads.items()}, {named[e] for e in found.ties})
     sinks = {candidate: sink(candidate) for candidate in family}
     for fold in folds:
         for k in np.unique(fold):

@@ -5,9 +5,11 @@ its held-out fold. Trained one fold after another, every fold had to run to the 
 was known. Trained side by side - one Lightning run whose every step is one minibatch of each fold's training rows,
 each head its own loss (the sum's gradient is each head's own, and Adam is elementwise, so one optimizer is K) - the
 out-of-fold S of a count is known as soon as training passes it, and training stops at the first count whose S does
-not beat the best before it by more than ``head.grid_min_gain`` (0.005). Where the MLP's S is flat after a few epochs
-(ELPV, seedlings, flavia) that halves its cost or more; where it still climbs (leafsnap-dev) the whole grid runs.
-Only the best count's logits and heads are kept.
+not beat the best before it by more than ``head.grid_min_gain`` (0.005; a tie) while the MLP trails the families
+scored before it. Where the MLP's S is flat after a few epochs and the linear head is ahead (ELPV, seedlings, flavia)
+that halves its cost or more. Where the MLP leads (leafsnap-dev), the count it keeps is the head cross-fitting will
+ship, and a tie does not stop the grid: its S moves by +-0.01 from one epoch to the next there and still climbed
+after a tie in 2 seeds of 3 (``bench/epochs.py``). Only the best count's logits and heads are kept.
 Repeated cross-fitting (``head.repeats``) trains every repeat's K heads in the same run, and a count's S is that of
 each row's R out-of-fold predictions averaged.
 """
@@ -15,6 +17,7 @@ each row's R out-of-fold predictions averaged.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,22 +55,26 @@ class FoldHeads(HeadModule):
 
 @dataclass
 class GridResult:
-    """Per epoch count reached: its out-of-fold scores; for the kept counts, their ``[n, C]`` logits and R x K heads."""
+    """Per epoch count reached: its out-of-fold scores; for the kept counts, their ``[n, C]`` logits and R x K heads;
+    the counts that were ties (not better than the best before them by the grid's min_gain: scored, never kept)."""
 
     scores: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ties: set[int] = field(default_factory=set)
     logits: dict[int, Rows] = field(default_factory=dict)
     heads: dict[int, list[nn.Module]] = field(default_factory=dict)
 
 
 class _GridScores(Callback):
-    """At each count of the grid: every fold's head predicts its held-out rows, the count is scored, and training
-    stops when its S does not beat the best count's by more than ``min_gain`` (ties keep the earlier, shorter one).
-    Without a ``score`` every count is kept and training runs to the end."""
+    """At each count of the grid: every fold's head predicts its held-out rows and the count is scored. A count
+    whose S does not beat the best count's by more than ``min_gain`` is a tie (ties keep the earlier, shorter one),
+    and stops training unless the best count's S is above ``leader`` (the best S of the other families). Without a
+    ``score`` every count is kept and training runs to the end."""
 
     def __init__(self, features: Rows, folds: np.ndarray, grid: list[int], sink: Callable[[int], LogitSink],
-                 score: Score | None, result: GridResult, min_gain: float = 0.0):
+                 score: Score | None, result: GridResult, min_gain: float = 0.0, leader: float = math.inf):
         self.features, self.held = features, [np.flatnonzero(fold == k) for fold in folds for k in np.unique(fold)]
         self.grid, self.sink, self.score, self.result, self.min_gain = grid, sink, score, result, min_gain
+        self.leader = leader
 
     def on_train_epoch_end(self, trainer, module: FoldHeads):
         epochs = trainer.current_epoch + 1
@@ -83,7 +90,9 @@ class _GridScores(Callback):
             module.log("oof_S", float(scores["S"]), on_step=False, on_epoch=True)
             best = next(iter(self.result.logits), None)
             if best is not None and scores["S"] <= self.result.scores[best]["S"] + self.min_gain:
-                trainer.should_stop = True
+                self.result.ties.add(epochs)
+                if self.result.scores[best]["S"] <= self.leader:  # trailing: more epochs would not be shipped
+                    trainer.should_stop = True
                 discard(logits)
                 return
             if best is not None:
@@ -95,11 +104,13 @@ class _GridScores(Callback):
 
 def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, held: Rows, folds: np.ndarray,
                      num_classes: int, grid: list[int], config: HeadConfig, weights: torch.Tensor | None,
-                     log_dir: Path, sink: Callable[[int], LogitSink], score: Score | None = None) -> GridResult:
+                     log_dir: Path, sink: Callable[[int], LogitSink], score: Score | None = None,
+                     leader: float = math.inf) -> GridResult:
     """Per repeat r (a row of ``folds`` ``[R, n]`` and ``fold_of_row``), fold k's head trains on the ``rows`` whose
     ``fold_of_row`` is not k (augmented copies carry their original's fold) and predicts the ``held`` rows whose
     fold is k: the out-of-fold logits of each count in ``grid`` (ascending), into ``sink(count)``, which averages
-    a row's R predictions."""
+    a row's R predictions. ``leader``: the best out-of-fold S of the other families (a tie stops the grid only
+    while the MLP's best is not above it)."""
     L.seed_everything(config.seed, verbose=False)
     single = config.model_copy(update={"kind": "mlp", "members": 1})
     heads, loaders = [], []
@@ -111,7 +122,7 @@ def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, he
             heads.append(head)
             loaders.append(train_loader(rows, labels, config.batch_size, config.seed + len(loaders), kept))
     result = GridResult()
-    scores = _GridScores(held, folds, grid, sink, score, result, config.grid_min_gain)
+    scores = _GridScores(held, folds, grid, sink, score, result, config.grid_min_gain, leader)
     with quiet_lightning():  # its pytree deprecation chatter
         combined = CombinedLoader(loaders, mode="max_size")
     fit_module(FoldHeads(heads, config, weights), combined, None, max(grid), log_dir, "folds", [scores], False,
