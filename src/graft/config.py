@@ -95,8 +95,7 @@ class HeadConfig(_Section):
         "for training to go on (less is a tie, and ties keep the shorter count) while the MLP trails the other "
         "families; where it leads, the grid runs to its end. Where the MLP is flat (ELPV 0.845, "
         "0.848, 0.840 at 5, 10, 15; seedlings, flavia) gains of 0.001-0.004 cost 5 more epochs each, for a head the "
-        "linear one beat anyway; leafsnap-dev's MLP climbs by 0.007-0.11 a step (10 seeds at 320 px: one choice "
-        "moved, 10 epochs at 0.203 for 15 at 0.205).")
+        "linear one beat anyway; leafsnap-dev's MLP climbs by 0.007-0.11 a step, and leads.")
     scale: float = Field(20.0, gt=0, description="Prototype head: cosine similarity x scale = logits.")
     mlp_min_images_per_class: float = Field(
         0.0, ge=0, description="auto tries the MLP only with this many training images per class (0 = always). "
