@@ -117,6 +117,14 @@ def test_usage_errors_through_the_installed_entry_point_have_no_traceback():
         assert "--help" in process.stderr
 
 
+def test_the_command_line_loads_no_network_library_until_a_command_needs_one():
+    # graft --help, --version and every usage error answer from typer alone: torch, timm and Lightning are ~9 s of
+    # imports on a 2-core machine, loaded by the commands that run a network (fit, predict, serve...), not before.
+    code = "import sys, graft.cli; print(sorted({'torch', 'timm', 'lightning', 'onnxruntime'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
 def test_predict_with_no_readable_image_is_one_line_and_exit_2_in_both_engines(folder_data, tiny_config, tmp_path):
     config = write_config(tiny_config, tmp_path)
     assert runner.invoke(app, ["fit", str(folder_data), "--out", str(tmp_path / "run"), "--config", str(config),

@@ -5,27 +5,46 @@ Example:
     >>> run = graft.fit("plants/", "runs/plants")          # extract + cache features, train head, evaluate
     >>> run.results["S"], run.results["top5"]
     >>> graft.load_run("runs/plants").identify(["flower.jpg", "leaf.jpg"]).ranking[:3]
+
+The names below are imported on first use (PEP 562), not by ``import graft``: the API reaches torch, timm and
+Lightning, about 9 s of imports on a 2-core machine, and every ``graft`` command imports this package first - so
+``graft --help`` and a mistyped command would otherwise wait for a network library they never use.
 """
 
-from graft.config import GraftConfig
-from graft.data.manifest import ImageRecord, Manifest, load_manifest
-from graft.data.splits import assign_splits
-from graft.errors import BackboneError, ConfigError, DataError, GraftError, ImageError, RunError
-from graft.evaluation.evaluate import evaluate
-from graft.evaluation.metrics import lifeclef_score, top_k
-from graft.features.backbones import Backbone, create_backbone
-from graft.features.cache import FeatureCache
-from graft.features.extract import extract_features
-from graft.model.classifier import Classifier
-from graft.model.fusion import fuse, fuse_observations
-from graft.model.identification import Identification, Model, identify
-from graft.run import load_model, load_run
-from graft.training.fit import fit
+from __future__ import annotations
 
-__all__ = [
-    "Backbone", "BackboneError", "Classifier", "ConfigError", "DataError", "FeatureCache", "GraftConfig", "GraftError",
-    "Identification", "ImageError", "ImageRecord", "Manifest", "Model", "RunError", "assign_splits", "create_backbone",
-    "evaluate", "extract_features", "fit", "fuse", "fuse_observations", "identify", "lifeclef_score", "load_manifest",
-    "load_model", "load_run", "top_k",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "graft.config": ["GraftConfig"],
+    "graft.data.manifest": ["ImageRecord", "Manifest", "load_manifest"],
+    "graft.data.splits": ["assign_splits"],
+    "graft.errors": ["BackboneError", "ConfigError", "DataError", "GraftError", "ImageError", "RunError"],
+    "graft.evaluation.evaluate": ["evaluate"],
+    "graft.evaluation.metrics": ["lifeclef_score", "top_k"],
+    "graft.features.backbones": ["Backbone", "create_backbone"],
+    "graft.features.cache": ["FeatureCache"],
+    "graft.features.extract": ["extract_features"],
+    "graft.model.classifier": ["Classifier"],
+    "graft.model.fusion": ["fuse", "fuse_observations"],
+    "graft.model.identification": ["Identification", "Model", "identify"],
+    "graft.run": ["load_model", "load_run"],
+    "graft.training.fit": ["fit"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'graft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+

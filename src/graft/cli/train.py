@@ -23,7 +23,6 @@ from graft.cli.app import (
     warn,
 )
 from graft.errors import ConfigError
-from graft.run import RunFiles
 
 
 @app.command()
@@ -76,6 +75,8 @@ def fit(
 
 
 def _print_run(result) -> None:
+    from graft.run import RunFiles
+
     for warning in result.warnings:
         warn(warning)
     files = RunFiles(result.run_dir)
@@ -112,6 +113,7 @@ def finetune(
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Default: bar on a terminal.")] = None,
 ) -> None:
     """Put the head on the backbone and train the whole network (SGD, low LR); keep it only if it beats head-only."""
+    from graft.run import RunFiles
     from graft.training.finetune import finetune as finetune_run
 
     overrides = {
@@ -140,6 +142,7 @@ def ensemble(
     fit_weights: Annotated[bool, typer.Option(help="Fit the weights on the validation split (grid, best S).")] = False,
 ) -> None:
     """Average several runs' per-image probabilities; the ensemble is a run for evaluate and predict."""
+    from graft.run import RunFiles
     from graft.training.ensemble import make_ensemble
 
     parsed = None
