@@ -129,7 +129,9 @@ class HeadConfig(_Section):
     min_epochs: int = Field(
         10, ge=1, description="Floor on the refit's epochs (a tiny validation part can pick epoch 1)."
     )
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Softens targets; 0 = plain cross-entropy.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Softens the MLP's targets; 0 = plain cross-entropy. 0.1 lowered leafsnap-dev's out-of-fold S (0.133 -> 0.120 at "
+        "224 px, 0.218 -> 0.213 at 320; 3 seeds) and left seedlings' and flavia's head choice unchanged."))
     refit: bool = Field(
         True, description="When the data has its own test part, retrain on train+val for the chosen epoch count."
     )
