@@ -9,7 +9,7 @@ be replayed on the same curve: where its stop rule stops (a count that does not 
 keeps, and the family cross-fitting then chooses. Nothing here looks at a test part.
 
     python bench/epochs.py [--datasets elpv flavia seedlings leafsnap-dev] [--seeds 3] [--epochs 20]
-                           [--grids 5,10,15,20 3,5,10,15,20 2,5,10,15,20] [--cache-dir DIR]
+                           [--grids 5,10,15,20 3,5,10,15,20 2,5,10,15,20] [--image-size 320] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--grids", nargs="*", default=["5,10,15,20", "3,5,10,15,20", "2,5,10,15,20"])
+    parser.add_argument("--image-size", type=int, default=None, help="backbone.image_size (the recipe: 320)")
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
     grids = {name: [int(e) for e in name.split(",")] for name in args.grids}
@@ -71,7 +72,8 @@ def main() -> None:
     for dataset in args.datasets:
         runs = []
         for seed in range(args.seeds):
-            config = GraftConfig().updated({"data.seed": seed, "head.seed": seed, "features.cache_dir": args.cache_dir})
+            config = GraftConfig().updated({"data.seed": seed, "head.seed": seed, "features.cache_dir": args.cache_dir,
+                                            "backbone.image_size": args.image_size})
             runs.append(curves(elpv_manifest() if dataset == "elpv" else DATA[dataset], config, args.epochs))
             curve, others = runs[-1]
             print(f"{dataset} seed {seed}: linear {others['linear']:.4f}, prototype {others['prototype']:.4f}, mlp "
