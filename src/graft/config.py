@@ -87,9 +87,10 @@ class HeadConfig(_Section):
     epoch_grid: list[int] = Field(
         default_factory=lambda: [5, 10, 15, 20], description="MLP epoch counts tried by cross-fitting, in order: the K "
         "fold heads train side by side and stop at the first count whose out-of-fold S does not beat the best before "
-        "it by more than grid_min_gain. 40 was dropped: in 12 cross-fits (ELPV, seedlings, leafsnap-dev, flavia x 3 "
-        "seeds) it never changed the choice, and it doubled the MLP's cost. It starts at 5: on leafsnap-dev the MLP's "
-        "out-of-fold S dips at 2-4 epochs before it climbs, and a grid from 2 stopped it there (bench/epochs.py).")
+        "it by more than grid_min_gain, while the MLP trails the other families. 40 was dropped: in 12 cross-fits "
+        "(ELPV, seedlings, leafsnap-dev, flavia x 3 seeds) it never changed the choice, and it doubled the MLP's cost. "
+        "It starts at 5: on leafsnap-dev the MLP's out-of-fold S dips at 2-4 epochs before it climbs, and a grid from "
+        "2 stopped it there (bench/epochs.py).")
     grid_min_gain: float = Field(
         0.005, ge=0, description="The out-of-fold S by which an MLP epoch count must beat the best count before it "
         "for training to go on (less is a tie, and ties keep the shorter count) while the MLP trails the other "
