@@ -9,11 +9,14 @@ import pytest
 
 import graft
 
+PACKAGES = ("graft", "graft.features", "graft.model", "graft.serving")  # each exports its modules' names lazily
 
-@pytest.mark.parametrize("name", graft.__all__)
-def test_every_exported_name_is_its_owning_modules_object(name):
-    owner = importlib.import_module(graft._MODULE_OF[name])
-    assert getattr(graft, name) is getattr(owner, name) and name in dir(graft)
+
+@pytest.mark.parametrize(("package", "name"), [(p, n) for p in PACKAGES for n in importlib.import_module(p).__all__])
+def test_every_exported_name_is_its_owning_modules_object(package, name):
+    module = importlib.import_module(package)
+    owner = importlib.import_module(module._EXPORTS.module_of[name])
+    assert getattr(module, name) is getattr(owner, name) and name in dir(module)
 
 
 def test_the_readme_examples_names_are_exported():

@@ -1,4 +1,5 @@
 import io
+import json
 import time
 
 import numpy as np
@@ -7,6 +8,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import SHARED
+from graft.features.preparation import view_names
 from graft.serving.app import Limits, create_app
 from graft.serving.engine import load_engine
 from graft.serving.onnx import export_onnx
@@ -111,7 +113,6 @@ def test_onnx_and_torch_agree_on_real_images(tiny_config, tmp_path):
 
 
 def test_predict_uses_the_onnx_export_and_agrees_with_torch(run, folder_data):
-    import json
 
     from typer.testing import CliRunner
 
@@ -124,6 +125,39 @@ def test_predict_uses_the_onnx_export_and_agrees_with_torch(run, folder_data):
     assert [r["label"] for r in onnx_answer["ranking"]] == [r["label"] for r in torch_answer["ranking"]]
     assert np.allclose([r["probability"] for r in onnx_answer["ranking"]],
                        [r["probability"] for r in torch_answer["ranking"]], atol=1e-4)
+
+
+def test_onnx_and_torch_agree_with_test_time_views(run, folder_data):
+    # the ONNX engine's numpy original goes through the same torch views as extraction's
+    export_onnx(run)
+    images = [Image.open(p).convert("RGB") for p in sorted(folder_data.rglob("*.png"))[:3]]
+    torch_engine, onnx_engine = load_engine(run, "torch"), load_engine(run, "onnx")
+    torch_engine.temperature = onnx_engine.temperature = 1000.0  # the tiny head saturates: unsaturated, views count
+    answers = []
+    for tta in (["hflip", "zoom"], []):
+        names = view_names(tta)
+        prepared = np.asarray(onnx_engine.preparation.batch(images, [""] * 3, names))
+        assert prepared.shape[0] == 3 * len(names)
+        np.testing.assert_array_equal(prepared, torch_engine.preparations[0][1].batch(images, [""] * 3, names))
+        answers.append(onnx_engine.probabilities(images, [""] * 3, tta))
+        np.testing.assert_allclose(answers[-1], torch_engine.probabilities(images, [""] * 3, tta), atol=1e-6)
+    assert np.abs(answers[0] - answers[1]).max() > 1e-5
+
+
+def test_predicting_with_an_onnx_export_loads_neither_torch_nor_timm(run, folder_data):
+    # the ONNX engine prepares the original view in PIL and numpy (graft.features.eval_transform), so `graft predict`
+    # on an export answers without the ~6 s of importing torch, timm and torchvision; test-time views still use torch
+    import subprocess
+    import sys
+
+    export_onnx(run)
+    image = next((folder_data / "green").glob("*.png"))
+    code = ("import json, sys; from graft.cli import app; "
+            f"app(['predict', {str(run)!r}, {str(image)!r}, '--json'], standalone_mode=False); "
+            "print(json.dumps(sorted({'torch', 'timm', 'torchvision', 'lightning', 'fastapi'} & set(sys.modules))))")
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    *answer, loaded = process.stdout.strip().splitlines()
+    assert json.loads(loaded) == [] and json.loads("\n".join(answer))["engine"] == "onnx"
 
 
 def test_an_oversized_body_is_refused_before_it_is_parsed_or_spooled(run, monkeypatch):

@@ -13,10 +13,9 @@ Lightning, about 9 s of imports on a 2-core machine, and every ``graft`` command
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from graft.lazy import LazyExports
 
-_EXPORTS = {
+_EXPORTS = LazyExports(__name__, {
     "graft.config": ["GraftConfig"],
     "graft.data.manifest": ["ImageRecord", "Manifest", "load_manifest"],
     "graft.data.splits": ["assign_splits"],
@@ -31,19 +30,6 @@ _EXPORTS = {
     "graft.model.identification": ["Identification", "Model", "identify"],
     "graft.run": ["load_model", "load_run"],
     "graft.training.fit": ["fit"],
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
+})
+__getattr__, __dir__, __all__ = _EXPORTS.getattr, _EXPORTS.dir, _EXPORTS.names
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'graft' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})

@@ -23,22 +23,24 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors.torch import load_file, save
-from torch import nn
 
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest, read_csv
 from graft.data.taxonomy import Taxonomy
 from graft.errors import RunError
-from graft.features.backbones import create_backbone
 from graft.files import atomic_write, atomic_write_text
-from graft.model.classifier import Classifier
-from graft.model.ensemble import Ensemble
-from graft.model.head import build_head
 from graft.rows import RowFile
+
+if TYPE_CHECKING:
+    # torch, timm and the models are imported by the functions that load or write them: the ONNX engine and the
+    # commands that only read a run's files never wait for them
+    from torch import nn
+
+    from graft.model.classifier import Classifier
+    from graft.model.ensemble import Ensemble
 
 # Keys every results.json carries; scripts may rely on them.
 RESULT_KEYS = ("S", "top1", "top3", "top5", "image_top1", "n_observations", "n_images", "images_per_second")
@@ -143,6 +145,8 @@ def write_config(files: RunFiles, config: GraftConfig) -> None:
 
 def write_state(path: Path, module: nn.Module) -> None:
     """Weights as safetensors: loading them can never run code."""
+    from safetensors.torch import save
+
     state = {key: tensor.contiguous() for key, tensor in module.state_dict().items()}
     atomic_write(path, lambda handle: handle.write(save(state)))
 
@@ -254,6 +258,12 @@ def _cell(value: Any, speed: bool = False) -> str:
 
 def load_run(run_dir: str | Path) -> Classifier:
     """Rebuild the trained classifier of a run directory (backbone weights are checked against the run's)."""
+    from safetensors.torch import load_file
+
+    from graft.features.backbones import create_backbone
+    from graft.model.classifier import Classifier
+    from graft.model.head import build_head
+
     files = RunFiles(run_dir)
     needed = [files.config, files.labels, files.backbone, files.head]
     missing = [path.name for path in needed if not path.is_file()]
@@ -304,5 +314,7 @@ def load_model(run_dir: str | Path) -> Classifier | Ensemble:
     files = RunFiles(run_dir)
     if not files.is_ensemble():
         return load_run(files.root)
+    from graft.model.ensemble import Ensemble
+
     spec = read_ensemble_spec(files)
     return Ensemble([load_run(path) for path in spec["runs"]], spec["weights"], GraftConfig.from_yaml(files.config))

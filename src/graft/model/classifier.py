@@ -24,22 +24,13 @@ from graft.data.taxonomy import Taxonomy
 from graft.features.backbones import Backbone, ConcatBackbone, members_of
 from graft.features.engines import FeatureEngine, feature_engine
 from graft.features.extract import FeatureSet, extract_features, forward_in_batches
-from graft.features.preparation import ORIGINAL, Preparation, decode_side, decode_upload
-from graft.model.fusion import softmax
+from graft.features.preparation import Preparation, decode_side, decode_upload, view_names
+from graft.model.fusion import mean_over_views, softmax
 from graft.model.head import predict_logits
 from graft.model.identification import Identification, identify
 from graft.progress import progress_bar
 
 THROUGHPUT_SAMPLE = 64
-
-
-def view_names(tta: Sequence[str]) -> tuple[str, ...]:
-    return (ORIGINAL, *tta)
-
-
-def mean_over_views(logits: np.ndarray, n_images: int, temperature: float) -> np.ndarray:
-    """``[n * k, C]`` logits of k views per image -> ``[n, C]`` probabilities, averaged after the softmax."""
-    return softmax(logits / temperature).reshape(n_images, -1, logits.shape[1]).mean(axis=1)
 
 
 @dataclass

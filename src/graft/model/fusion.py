@@ -23,6 +23,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def mean_over_views(logits: np.ndarray, n_images: int, temperature: float) -> np.ndarray:
+    """``[n * k, C]`` logits of k views per image -> ``[n, C]`` probabilities, averaged after the softmax."""
+    return softmax(logits / temperature).reshape(n_images, -1, logits.shape[1]).mean(axis=1)
+
+
 def fuse(probabilities: np.ndarray, rule: str = "mean") -> np.ndarray:
     """Fuse the rows (images of one observation) into one score vector that sums to 1."""
     probabilities = np.asarray(probabilities, dtype=np.float64)

@@ -1,7 +1,10 @@
 """Stage 7, serving: the HTTP app and web page, the ONNX export, and the engines behind them."""
 
-from graft.serving.app import Limits, create_app
-from graft.serving.engine import OnnxModel, load_engine
-from graft.serving.onnx import export_onnx
+from graft.lazy import LazyExports
 
-__all__ = ["Limits", "OnnxModel", "create_app", "export_onnx", "load_engine"]
+_EXPORTS = LazyExports(__name__, {
+    "graft.serving.app": ["Limits", "create_app"],
+    "graft.serving.engine": ["OnnxModel", "load_engine"],
+    "graft.serving.onnx": ["export_onnx"],
+})
+__getattr__, __dir__, __all__ = _EXPORTS.getattr, _EXPORTS.dir, _EXPORTS.names

@@ -2,7 +2,8 @@
 
 :class:`OnnxModel` satisfies :class:`~graft.model.identification.Model` like a run or an ensemble does: it prepares
 images through the same path (per-view step, the weights' transform, test-time views) and never touches the feature
-cache - uploads are not worth caching.
+cache - uploads are not worth caching. With the original view alone and the weights' own centre crop it needs neither
+torch nor timm (:mod:`graft.features.eval_transform`): ``graft predict`` on an export does not wait for them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 from PIL import Image
 
 from graft.config import GraftConfig
@@ -24,8 +24,9 @@ from graft.data.images import load_rgb
 from graft.data.manifest import Manifest
 from graft.data.taxonomy import Taxonomy
 from graft.errors import ImageError, RunError
-from graft.features.preparation import Preparation, decode_side, decode_upload
-from graft.model.classifier import mean_over_views, view_names
+from graft.features.eval_transform import centre_crop_transform
+from graft.features.preparation import Preparation, decode_side, decode_upload, view_names
+from graft.model.fusion import mean_over_views
 from graft.model.identification import Model
 from graft.run import RunFiles, load_model, read_run_taxonomy
 from graft.serving.batching import MicroBatcher
@@ -46,8 +47,13 @@ class OnnxModel:
 
     @cached_property
     def preparation(self) -> Preparation:  # built once, not per request
-        return Preparation(timm.data.create_transform(**self.data_config, is_training=False), self.data_config,
-                           self.config.views, decode_side(self.data_config, self.config.features.decode))
+        transform = centre_crop_transform(self.data_config)
+        if transform is None:  # another framing: timm's own transform
+            import timm
+
+            transform = timm.data.create_transform(**self.data_config, is_training=False)
+        return Preparation(transform, self.data_config, self.config.views,
+                           decode_side(self.data_config, self.config.features.decode))
 
     def decode(self, data: bytes, name: str, view: str, max_pixels: int) -> Image.Image:
         return decode_upload(data, name, view, [self.preparation], max_pixels)
@@ -57,7 +63,7 @@ class OnnxModel:
 
     def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
                       tta: Sequence[str] | None = None) -> np.ndarray:
-        batch = self.preparation.batch(images, views, view_names(self._tta(tta))).numpy()
+        batch = np.asarray(self.preparation.batch(images, views, view_names(self._tta(tta))))
         if self.batcher is not None:
             return mean_over_views(self.batcher.run(batch), len(images), self.temperature)
         size = self.config.features.batch_size
