@@ -152,9 +152,10 @@ def test_predicting_with_an_onnx_export_loads_neither_torch_nor_timm(run, folder
 
     export_onnx(run)
     image = next((folder_data / "green").glob("*.png"))
+    heavy = {"torch", "timm", "torchvision", "lightning", "fastapi", "skimage"}
     code = ("import json, sys; from graft.cli import app; "
             f"app(['predict', {str(run)!r}, {str(image)!r}, '--json'], standalone_mode=False); "
-            "print(json.dumps(sorted({'torch', 'timm', 'torchvision', 'lightning', 'fastapi', 'skimage'} & set(sys.modules))))")
+            f"print(json.dumps(sorted({heavy!r} & set(sys.modules))))")
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     *answer, loaded = process.stdout.strip().splitlines()
     assert json.loads(loaded) == [] and json.loads("\n".join(answer))["engine"] == "onnx"
