@@ -182,10 +182,10 @@ def _subject_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     The main region is the largest after weighting by centrality, (1 - distance to centre / half diagonal)^2:
     subjects are photographed in the middle, while scale bars and colour charts sit in corners.
     """
-    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    subject = mask if border.mean() <= 0.5 else ~mask
     from skimage.measure import label, regionprops
 
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    subject = mask if border.mean() <= 0.5 else ~mask
     regions = regionprops(label(subject))
     if not regions:
         return None
