@@ -16,7 +16,7 @@ import numpy as np
 from graft.config import GraftConfig, ViewsConfig
 from graft.data.images import load_rgb
 from graft.data.manifest import load_manifest
-from graft.run import results_table
+from graft.tables import results_table
 from graft.training.fit import fit
 from graft.views.preprocess import apply, decide
 from graft.views.sheet import sample_per_view

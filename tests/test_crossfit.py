@@ -15,7 +15,8 @@ from graft.data.manifest import ImageRecord
 from graft.errors import ConfigError
 from graft.model.fusion import softmax
 from graft.model.head import HeadBag, Standardize, predict_logits
-from graft.run import RunFiles, head_selection_table, load_run, read_manifest, read_out_of_fold
+from graft.run import RunFiles, load_run, read_manifest, read_out_of_fold
+from graft.tables import head_selection_table
 from graft.training import crossfit
 from graft.training.crossfit import REPEATS_AUTO, fold_of, repeat_seed, repeats_for
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold

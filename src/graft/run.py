@@ -33,6 +33,7 @@ from graft.data.taxonomy import Taxonomy
 from graft.errors import RunError
 from graft.files import atomic_write, atomic_write_text
 from graft.rows import RowFile
+from graft.tables import results_table
 
 if TYPE_CHECKING:
     # torch, timm and the models are imported by the functions that load or write them: the ONNX engine and the
@@ -44,9 +45,6 @@ if TYPE_CHECKING:
 
 # Keys every results.json carries; scripts may rely on them.
 RESULT_KEYS = ("S", "top1", "top3", "top5", "image_top1", "n_observations", "n_images", "images_per_second")
-TABLE_COLUMNS = (("S", "S"), ("Top-1", "top1"), ("Top-3", "top3"), ("Top-5", "top5"), ("image top-1", "image_top1"),
-                 ("img/s", "images_per_second"), ("ms/obs", "ms_per_observation"), ("observations", "n_observations"),
-                 ("images", "n_images"))
 
 
 class RunFiles:
@@ -221,41 +219,6 @@ def write_results(files: RunFiles, results: dict[str, Any], rows: Sequence[tuple
     atomic_write_text(files.results_md, f"# {files.root.name}\n\n{note}\n\n{results_table(rows)}")
 
 
-def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """A Markdown table, one row per (model name, results) pair, in the seed's columns plus speed."""
-    header = "| model | " + " | ".join(title for title, _ in TABLE_COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
-    for name, results in rows:
-        cells = [_cell(results.get(key), speed=key in ("images_per_second", "ms_per_observation"))
-                 for _, key in TABLE_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-_TIE = " (a tie: not > best before it + grid_min_gain)"
-_MARKS = {"chosen": " (chosen)", "tie": _TIE, "stopped_grid": _TIE}  # stopped_grid: runs written before "tie"
-
-
-def head_selection_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Cross-fitting's candidates (``results.json``'s ``head_selection``) as a Markdown table, the chosen one marked,
-    and the MLP counts that were ties (not better than the best count before them by ``head.grid_min_gain``, so
-    never chosen even where their S reads higher): the run's note and the report print the same table."""
-    lines = ["| head (out of fold) | S | Top-1 | Top-5 | seconds |", "|---|---|---|---|---|"]
-    for row in rows:
-        mark = next((text for key, text in _MARKS.items() if row.get(key)), "")
-        lines.append(f"| {row['head']}{mark} | "
-                     + " | ".join(_cell(row.get(key)) for key in ("S", "top1", "top5")) + f" | {row['seconds']:.1f} |")
-    return "\n".join(lines)
-
-
-def _cell(value: Any, speed: bool = False) -> str:
-    if isinstance(value, float) and speed:
-        return f"{value:.1f}"
-    if isinstance(value, float):
-        return f"{value:.1f}" if value >= 10 else f"{value:.4f}"
-    return "-" if value is None else str(value)
-
-
 def load_run(run_dir: str | Path) -> Classifier:
     """Rebuild the trained classifier of a run directory (backbone weights are checked against the run's)."""
     from safetensors.torch import load_file
@@ -264,14 +227,7 @@ def load_run(run_dir: str | Path) -> Classifier:
     from graft.model.classifier import Classifier
     from graft.model.head import build_head
 
-    files = RunFiles(run_dir)
-    needed = [files.config, files.labels, files.backbone, files.head]
-    missing = [path.name for path in needed if not path.is_file()]
-    if missing:
-        raise RunError(f"{files.root}: not a complete graft run (missing {', '.join(missing)}); run `graft fit` first")
-    if not files.results.is_file():
-        raise RunError(f"{files.root}: an incomplete run (no {files.results.name}: its fit or finetune stopped before "
-                       "the end); run `graft fit` again")
+    files = check_complete(RunFiles(run_dir))
     config = GraftConfig.from_yaml(files.config)
     labels = json.loads(files.labels.read_text())
     settings = config.backbone.model_dump()
@@ -287,8 +243,24 @@ def load_run(run_dir: str | Path) -> Classifier:
     head = build_head(backbone.num_features, len(labels), config.head)
     head.load_state_dict(load_file(files.head))
     head.eval()
-    temperature = json.loads(files.calibration.read_text())["temperature"] if files.calibration.is_file() else 1.0
-    return Classifier(backbone, head, labels, config, temperature, read_run_taxonomy(files))
+    return Classifier(backbone, head, labels, config, read_temperature(files), read_run_taxonomy(files))
+
+
+def check_complete(files: RunFiles) -> RunFiles:
+    """``files`` if they make a finished run (what a model is rebuilt from, and results.json, written last)."""
+    needed = [files.config, files.labels, files.backbone, files.head]
+    missing = [path.name for path in needed if not path.is_file()]
+    if missing:
+        raise RunError(f"{files.root}: not a complete graft run (missing {', '.join(missing)}); run `graft fit` first")
+    if not files.results.is_file():
+        raise RunError(f"{files.root}: an incomplete run (no {files.results.name}: its fit or finetune stopped before "
+                       "the end); run `graft fit` again")
+    return files
+
+
+def read_temperature(files: RunFiles) -> float:
+    """The calibration temperature (1 where the run has none)."""
+    return json.loads(files.calibration.read_text())["temperature"] if files.calibration.is_file() else 1.0
 
 
 def read_run_taxonomy(files: RunFiles) -> Taxonomy:

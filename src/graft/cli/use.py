@@ -26,7 +26,8 @@ def evaluate(
 ) -> None:
     """Score a run on a dataset (its test part if it names one, else every image)."""
     from graft.evaluation.evaluate import evaluate as evaluate_run
-    from graft.run import results_table, write_results_json
+    from graft.run import write_results_json
+    from graft.tables import results_table
 
     results = evaluate_run(run, data, progress=not (quiet or as_json), tta=tta_names(tta), fusion=fusion)
     if out:

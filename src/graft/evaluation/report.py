@@ -21,7 +21,8 @@ from graft.features.tta import DEFAULT_TTA
 from graft.files import atomic_write_text
 from graft.model.ensemble import Ensemble
 from graft.model.fusion import fuse_observations
-from graft.run import RunFiles, evaluation_part, head_selection_table, load_model, read_manifest, read_results, results_table
+from graft.run import RunFiles, evaluation_part, load_model, read_manifest, read_results
+from graft.tables import head_selection_table, results_table
 
 
 def confused_pairs(probabilities: np.ndarray, part: Manifest, labels: list[str], fusion: str, top: int = 10):

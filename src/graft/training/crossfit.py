@@ -34,7 +34,7 @@ from graft.errors import ConfigError
 from graft.evaluation.metrics import score_logits
 from graft.model.head import HeadBag
 from graft.rows import RowFile
-from graft.run import head_selection_table
+from graft.tables import head_selection_table
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
 from graft.training.head import training_precision
 from graft.training.streaming import Rows, discard
