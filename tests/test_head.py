@@ -100,3 +100,39 @@ def test_a_head_says_its_power_and_one_saved_before_power_normalisation_loads_wi
     again = build_head(4, 2, HeadConfig(kind="linear", power=1.0))
     again.load_state_dict(rooted.state_dict())  # the saved buffer, not the config, says what the head was trained with
     assert again[0].exponent == 0.5 and torch.allclose(again(x), rooted(x))
+
+
+@pytest.mark.parametrize("setting", [
+    {"kind": "linear"}, {"kind": "linear", "power": 1.0}, {"kind": "prototype", "scale": 12.0},
+    {"kind": "mlp"}, {"kind": "mlp", "activation": "relu", "hidden_layers": 2}, {"kind": "mlp", "activation": "silu"},
+    {"kind": "mlp", "members": 3}])
+def test_the_numpy_head_gives_the_torch_heads_logits(tmp_path, setting):
+    # a run served without torch (its backbone's cached graph + this head) must answer as the run itself does
+    from safetensors.torch import save_file
+
+    from graft.model.head import predict_logits
+    from graft.model.numpy_head import load_numpy_head
+
+    config = HeadConfig(width=24).model_copy(update=setting)
+    torch.manual_seed(0)
+    head = build_head(16, 5, config)
+    x, _ = blobs(40, seed=1, dim=16)
+    x[:, :4] = np.abs(x[:, :4]) * (np.arange(40) % 3 == 0)[:, None]  # exact zeros, as pooled ReLU features have
+    for module in head.modules():  # statistics and prototypes that are not the defaults
+        if isinstance(module, Standardize):
+            module.fit(torch.as_tensor(x))
+        if hasattr(module, "prototypes"):
+            module.prototypes.normal_()
+    save_file(head.state_dict(), tmp_path / "head.safetensors")
+    numpy_head = load_numpy_head(tmp_path / "head.safetensors", config)
+    assert np.allclose(numpy_head(x), predict_logits(head, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_head_numpy_cannot_run_is_left_to_torch(tmp_path):
+    from safetensors.torch import save_file
+
+    from graft.model.numpy_head import load_numpy_head
+
+    config = HeadConfig(width=8, activation="gelu")
+    save_file(build_head(4, 2, config).state_dict(), tmp_path / "head.safetensors")
+    assert load_numpy_head(tmp_path / "head.safetensors", config) is None

@@ -1,6 +1,8 @@
 import io
 import json
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,15 +10,25 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import SHARED
+from graft.features import engines
 from graft.features.preparation import view_names
 from graft.serving.app import Limits, create_app
-from graft.serving.engine import load_engine
+from graft.serving.engine import GraphThenHead, load_engine
 from graft.serving.onnx import export_onnx
 from graft.training.fit import fit
 
 
 @pytest.fixture
 def run(folder_data, tiny_config, tmp_path):
+    fit(folder_data, tmp_path / "run", tiny_config)
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def graph_run(folder_data, tiny_config, tmp_path, monkeypatch):
+    """A run fitted as in a new process: its backbone's graph is exported into its own cache (ONNX sessions are kept
+    per process, so a fit after another test's would reuse that test's session and write no graph here)."""
+    monkeypatch.setattr(engines, "_sessions", {})
     fit(folder_data, tmp_path / "run", tiny_config)
     return tmp_path / "run"
 
@@ -93,7 +105,8 @@ def test_a_decompression_bomb_is_a_413_with_the_fix_and_the_server_survives(run)
     assert client.post("/identify", files=[("files", ("ok.png", png(), "image/png"))]).status_code == 200
 
 
-def test_onnx_and_torch_agree_on_real_images(tiny_config, tmp_path):
+def test_onnx_and_torch_agree_on_real_images(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "_sessions", {})  # as in a new process: the fit exports the graph into its cache
     folders = sorted(p for p in (SHARED / "flavia").iterdir() if p.is_dir())[:2]
     for folder in folders:
         for path in sorted(folder.glob("*.jpg"))[:5]:
@@ -103,13 +116,14 @@ def test_onnx_and_torch_agree_on_real_images(tiny_config, tmp_path):
     config = tiny_config.updated({"backbone.name": "tf_efficientnet_lite0", "backbone.pretrained": True,
                                   "backbone.image_size": 96})
     fit(tmp_path / "data", tmp_path / "run", config)
-    export_onnx(tmp_path / "run")
     images = [Image.open(p).convert("RGB") for p in sorted((tmp_path / "data").rglob("*.jpg"))[:4]]
-    torch_engine, onnx_engine = load_engine(tmp_path / "run", "torch"), load_engine(tmp_path / "run")
-    assert onnx_engine.engine == "onnx"
+    torch_engine, graph_engine = load_engine(tmp_path / "run", "torch"), load_engine(tmp_path / "run")
+    export_onnx(tmp_path / "run")
+    onnx_engine = load_engine(tmp_path / "run")
+    assert isinstance(graph_engine.session, GraphThenHead) and onnx_engine.engine == "onnx"
     a = torch_engine.probabilities(images, [""] * 4)
-    b = onnx_engine.probabilities(images, [""] * 4)
-    assert np.abs(a - b).max() < 1e-4
+    assert np.abs(a - onnx_engine.probabilities(images, [""] * 4)).max() < 1e-4
+    assert np.abs(a - graph_engine.probabilities(images, [""] * 4)).max() < 1e-4
 
 
 def test_predict_uses_the_onnx_export_and_agrees_with_torch(run, folder_data):
@@ -119,7 +133,7 @@ def test_predict_uses_the_onnx_export_and_agrees_with_torch(run, folder_data):
     from graft.cli import app
 
     image = str(next((folder_data / "green").glob("*.png")))
-    torch_answer = json.loads(CliRunner().invoke(app, ["predict", str(run), image, "--json"]).output)
+    torch_answer = json.loads(CliRunner().invoke(app, ["predict", str(run), image, "--json", "--engine", "torch"]).output)
     assert CliRunner().invoke(app, ["export", str(run)]).exit_code == 0
     onnx_answer = json.loads(CliRunner().invoke(app, ["predict", str(run), image, "--json"]).output)
     assert [r["label"] for r in onnx_answer["ranking"]] == [r["label"] for r in torch_answer["ranking"]]
@@ -144,13 +158,31 @@ def test_onnx_and_torch_agree_with_test_time_views(run, folder_data):
     assert np.abs(answers[0] - answers[1]).max() > 1e-5
 
 
-def test_predicting_with_an_onnx_export_loads_neither_torch_nor_timm(run, folder_data):
+def test_a_run_not_exported_answers_from_its_backbones_cached_graph_and_its_head_in_numpy(graph_run, folder_data):
+    run = graph_run
+    images = [Image.open(p).convert("RGB") for p in sorted(folder_data.rglob("*.png"))[:3]]
+    torch_engine, graph_engine = load_engine(run, "torch"), load_engine(run)
+    assert torch_engine.engine == "torch" and isinstance(graph_engine.session, GraphThenHead)
+    torch_engine.temperature = graph_engine.temperature = 1000.0  # the tiny head saturates: unsaturated, it counts
+    np.testing.assert_allclose(graph_engine.probabilities(images, [""] * 3),
+                               torch_engine.probabilities(images, [""] * 3), atol=1e-6)
+    graphs = Path(graph_engine.config.features.cache_dir) / "graphs"
+    shutil.rmtree(graphs)  # features extracted elsewhere, or under torch: the run itself answers
+    assert load_engine(run).engine == "torch"
+
+
+@pytest.mark.parametrize("exported", [True, False])
+def test_predicting_with_an_onnx_export_or_a_cached_graph_loads_neither_torch_nor_timm(graph_run, folder_data,
+                                                                                      exported):
     # the ONNX engine prepares the original view in PIL and numpy (graft.features.eval_transform), so `graft predict`
-    # on an export answers without the ~6 s of importing torch, timm and torchvision; test-time views still use torch
+    # on an export answers without the ~6 s of importing torch, timm and torchvision; test-time views still use torch.
+    # A run not exported does the same with its backbone's graph from the feature cache and its head in numpy.
     import subprocess
     import sys
 
-    export_onnx(run)
+    run = graph_run
+    if exported:
+        export_onnx(run)
     image = next((folder_data / "green").glob("*.png"))
     heavy = {"torch", "timm", "torchvision", "lightning", "fastapi", "skimage"}
     code = ("import json, sys; from graft.cli import app; "

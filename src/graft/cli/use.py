@@ -47,7 +47,8 @@ def predict(
     view: Annotated[list[str], typer.Option(help="View of each photo in order (Flower, Leaf...), repeatable.")] = [],  # noqa: B006
     tta: TtaOpt = None,
     reject_threshold: Annotated[float | None, typer.Option(help="Say 'unknown' below this top probability.")] = None,
-    engine: Annotated[str, typer.Option(help="auto (onnx if the run was exported), onnx, or torch.")] = "auto",
+    engine: Annotated[str, typer.Option(help="auto (the ONNX export, else the backbone's cached ONNX graph and the head in "
+                                                "numpy, else torch), onnx, or torch.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the HTTP answer's shape).")] = False,
 ) -> None:
     """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
@@ -56,7 +57,7 @@ def predict(
 
     if view and len(view) != len(images):
         raise ConfigError(f"--view given {len(view)} time(s) for {len(images)} image(s); give one per image or none")
-    model = load_engine(run, engine)  # onnx when exported (auto), else the run itself through the feature cache
+    model = load_engine(run, engine)  # auto: the export, else the cached backbone graph + numpy head, else torch
     answer = identify(model, images, view or None, fusion=fusion, top=top, tta=tta_names(tta),
                       reject_threshold=reject_threshold)
     for path, reason in answer.failures.items():
@@ -115,7 +116,8 @@ def serve(
     run: Annotated[Path, typer.Argument(help="Run or ensemble directory to serve.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    engine: Annotated[str, typer.Option(help="auto (onnx if exported), onnx or torch.")] = "auto",
+    engine: Annotated[str, typer.Option(help="auto (the ONNX export, else the cached backbone graph), onnx or "
+                                                "torch.")] = "auto",
     max_files: Annotated[int, typer.Option(help="Photos per request.")] = 12,
     max_mb: Annotated[float, typer.Option(help="Megabytes per photo.")] = 15.0,
     api_keys: Annotated[Path | None, typer.Option(

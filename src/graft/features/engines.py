@@ -19,20 +19,25 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from graft.errors import BackboneError
-from graft.features.backbones import Backbone
 from graft.files import atomic_write
 from graft.store import cache_root
+
+if TYPE_CHECKING:
+    import torch
+
+    from graft.features.backbones import Backbone
 
 ENGINES = ("auto", "onnx", "torch")
 OPSET = 17
 
 log = logging.getLogger(__name__)
-_sessions: dict[str, object] = {}
+_sessions: dict[str, object] = {}  # by graph file name (weights identity, size, pooling): one per network, whatever
+# the cache directory - measure_throughput's empty cache reuses the run's session rather than exporting again
 _lock = threading.Lock()
 
 
@@ -67,14 +72,23 @@ def feature_engine(backbone: Backbone, engine: str = "auto", cache_dir: str | Pa
 
 
 def torch_features(backbone: Backbone, images: torch.Tensor) -> np.ndarray:
+    import torch
+
     with torch.inference_mode():
         return backbone(images).float().numpy()
 
 
 def graph_path(backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
     """Where the exported graph of exactly these weights, input size and pooling lives."""
-    size = "x".join(str(s) for s in backbone.data_config["input_size"][1:])
-    return cache_root(cache_dir) / "graphs" / f"{backbone.name}-{backbone.identity}-{size}-{backbone.pooling}.onnx"
+    return graph_file(backbone.describe(), cache_dir)
+
+
+def graph_file(described: dict, cache_dir: str | Path | None = None) -> Path:
+    """:func:`graph_path` from a backbone's description (:meth:`Backbone.describe`, a run's ``backbone.json``),
+    without building the backbone: a run finds its backbone's graph with neither torch nor timm."""
+    size = "x".join(str(s) for s in described["data_config"]["input_size"][1:])
+    name = f"{described['name']}-{described['identity']}-{size}-{described['pooling']}.onnx"
+    return cache_root(cache_dir) / "graphs" / name
 
 
 def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None):
@@ -89,6 +103,8 @@ def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None):
                 raise BackboneError("onnxruntime is not installed; pip install onnxruntime") from error
             if not path.is_file():
                 export_backbone(backbone, path)
+            import torch
+
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()  # a Ray actor's share of the cores, or all
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -98,6 +114,8 @@ def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None):
 
 def export_backbone(backbone: Backbone, path: Path) -> Path:
     """Write the pooled-feature network as ONNX (dynamic batch), atomically; BackboneError when it won't export."""
+    import torch
+
     network = copy.deepcopy(backbone.model).to(memory_format=torch.contiguous_format).eval()
     dummy = torch.zeros(1, *backbone.data_config["input_size"])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from graft.config import HeadConfig
+from graft.model.numpy_head import POWER_FLOOR
 
-POWER_FLOOR = 1e-6  # Standardize.normalise: the smallest magnitude raised to the power
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 

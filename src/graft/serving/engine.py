@@ -1,16 +1,18 @@
-"""Engines for serving and ``--engine``: the ONNX export under onnxruntime, or the run itself (torch).
+"""Engines for serving and ``--engine``: the ONNX export under onnxruntime, a run's cached backbone graph with its
+head in numpy, or the run itself (torch).
 
 :class:`OnnxModel` satisfies :class:`~graft.model.identification.Model` like a run or an ensemble does: it prepares
-images through the same path (per-view step, the weights' transform, test-time views) and never touches the feature
-cache - uploads are not worth caching. With the original view alone and the weights' own centre crop it needs neither
-torch nor timm (:mod:`graft.features.eval_transform`): ``graft predict`` on an export does not wait for them.
+images through the same path (per-view step, the weights' transform, test-time views) and never reads the feature
+rows - uploads are not worth caching. With the original view alone and the weights' own centre crop it needs neither
+torch nor timm (:mod:`graft.features.eval_transform`): ``graft predict`` on an export, or on a run whose backbone
+graph is in the feature cache, does not wait for them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,11 +26,13 @@ from graft.data.images import load_rgb
 from graft.data.manifest import Manifest
 from graft.data.taxonomy import Taxonomy
 from graft.errors import ImageError, RunError
+from graft.features.engines import graph_file
 from graft.features.eval_transform import centre_crop_transform
 from graft.features.preparation import Preparation, decode_side, decode_upload, view_names
 from graft.model.fusion import mean_over_views
 from graft.model.identification import Model
-from graft.run import RunFiles, load_model, read_run_taxonomy
+from graft.model.numpy_head import load_numpy_head
+from graft.run import RunFiles, check_complete, load_model, read_run_taxonomy, read_temperature
 from graft.serving.batching import MicroBatcher
 
 ENGINES = ("auto", "onnx", "torch")
@@ -94,7 +98,8 @@ class OnnxModel:
 
 
 def load_engine(run_dir: str | Path, engine: str = "auto", batch_window_ms: float = 0.0) -> Model:
-    """``onnx`` (needs an export), ``torch`` (the run or ensemble itself), or ``auto``: onnx when exported.
+    """``onnx`` (needs an export), ``torch`` (the run or ensemble itself), or ``auto``: the export when there is one,
+    else the backbone's graph from the feature cache with the head in numpy (:func:`_graph_model`), else torch.
 
     ``batch_window_ms`` > 0: the ONNX engine batches concurrent callers' images into shared forwards, waiting this
     long for company (see :mod:`graft.serving.batching`)."""
@@ -106,10 +111,11 @@ def load_engine(run_dir: str | Path, engine: str = "auto", batch_window_ms: floa
         raise RunError(f"{files.onnx} not found; run `graft export {files.root} --format onnx` first")
     if engine == "onnx" or (engine == "auto" and exported):
         model = _onnx_model(files)
-        if batch_window_ms > 0:
-            model.batcher = MicroBatcher(model.forward, batch_window_ms / 1000, model.config.features.batch_size)
-        return model
-    return load_model(files.root)
+    elif engine != "auto" or (model := _graph_model(files)) is None:
+        return load_model(files.root)
+    if batch_window_ms > 0:
+        model.batcher = MicroBatcher(model.forward, batch_window_ms / 1000, model.config.features.batch_size)
+    return model
 
 
 def _onnx_model(files: RunFiles) -> OnnxModel:
@@ -117,6 +123,47 @@ def _onnx_model(files: RunFiles) -> OnnxModel:
 
     metadata = json.loads(files.onnx_metadata.read_text())
     session = onnxruntime.InferenceSession(str(files.onnx), providers=["CPUExecutionProvider"])
-    data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata["data_config"].items()}
-    return OnnxModel(metadata["labels"], GraftConfig.from_yaml(files.config), data_config, session,
-                     metadata["temperature"], read_run_taxonomy(files))
+    return OnnxModel(metadata["labels"], GraftConfig.from_yaml(files.config), _tuples(metadata["data_config"]),
+                     session, metadata["temperature"], read_run_taxonomy(files))
+
+
+def _graph_model(files: RunFiles) -> OnnxModel | None:
+    """A run that was not exported, without torch: its backbone's ONNX graph from the feature cache (there wherever
+    its features were extracted under ONNX Runtime; keyed by the weights' identity, so only the very network the
+    head was trained on) and its head in numpy (:mod:`graft.model.numpy_head`). None where a piece is missing (an
+    ensemble, concatenated backbones, ``features.engine: torch``, no graph, a head numpy cannot run): the run itself
+    answers then, through torch."""
+    if files.is_ensemble():
+        return None
+    check_complete(files)
+    config = GraftConfig.from_yaml(files.config)
+    described = json.loads(files.backbone.read_text())
+    if config.features.engine == "torch" or "members" in described:
+        return None
+    graph = graph_file(described, config.features.cache_dir)
+    head = load_numpy_head(files.head, config.head) if graph.is_file() else None
+    if head is None:
+        return None
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = GraphThenHead(onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"]), head)
+    return OnnxModel(json.loads(files.labels.read_text()), config, _tuples(described["data_config"]), session,
+                     read_temperature(files), read_run_taxonomy(files))
+
+
+@dataclass(frozen=True)
+class GraphThenHead:
+    """An onnxruntime-like session: the backbone's graph gives features, the numpy head turns them into logits."""
+
+    backbone: Any  # onnxruntime.InferenceSession
+    head: Callable[[np.ndarray], np.ndarray]
+
+    def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [self.head(self.backbone.run(output_names, feeds)[0])]
+
+
+def _tuples(data_config: dict) -> dict:
+    """A data config read from JSON, its lists tuples again (as timm gives them)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
