@@ -229,12 +229,12 @@ def load_run(run_dir: str | Path) -> Classifier:
 
     files = check_complete(RunFiles(run_dir))
     config = GraftConfig.from_yaml(files.config)
-    labels = json.loads(files.labels.read_text())
+    labels = read_labels(files)
     settings = config.backbone.model_dump()
     if settings["weights"] and not Path(settings["weights"]).is_absolute():  # fine-tuned weights live in the run
         settings["weights"] = str(files.root / settings["weights"])
     backbone = create_backbone(**settings)
-    expected = json.loads(files.backbone.read_text())["identity"]
+    expected = read_backbone_description(files)["identity"]
     if backbone.identity != expected:
         raise RunError(
             f"{files.root}: backbone {backbone.name} now loads different weights (identity {backbone.identity}, "
@@ -256,6 +256,15 @@ def check_complete(files: RunFiles) -> RunFiles:
         raise RunError(f"{files.root}: an incomplete run (no {files.results.name}: its fit or finetune stopped before "
                        "the end); run `graft fit` again")
     return files
+
+
+def read_labels(files: RunFiles) -> list[str]:
+    return json.loads(files.labels.read_text())
+
+
+def read_backbone_description(files: RunFiles) -> dict[str, Any]:
+    """backbone.json: what :meth:`Backbone.describe` said when the run was written (name, weights identity...)."""
+    return json.loads(files.backbone.read_text())
 
 
 def read_temperature(files: RunFiles) -> float:

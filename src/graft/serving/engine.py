@@ -32,7 +32,15 @@ from graft.features.preparation import Preparation, decode_side, decode_upload, 
 from graft.model.fusion import mean_over_views
 from graft.model.identification import Model
 from graft.model.numpy_head import load_numpy_head
-from graft.run import RunFiles, check_complete, load_model, read_run_taxonomy, read_temperature
+from graft.run import (
+    RunFiles,
+    check_complete,
+    load_model,
+    read_backbone_description,
+    read_labels,
+    read_run_taxonomy,
+    read_temperature,
+)
 from graft.serving.batching import MicroBatcher
 
 ENGINES = ("auto", "onnx", "torch")
@@ -137,7 +145,7 @@ def _graph_model(files: RunFiles) -> OnnxModel | None:
         return None
     check_complete(files)
     config = GraftConfig.from_yaml(files.config)
-    described = json.loads(files.backbone.read_text())
+    described = read_backbone_description(files)
     if config.features.engine == "torch" or "members" in described:
         return None
     graph = graph_file(described, config.features.cache_dir)
@@ -149,7 +157,7 @@ def _graph_model(files: RunFiles) -> OnnxModel | None:
     except ImportError:
         return None
     session = GraphThenHead(onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"]), head)
-    return OnnxModel(json.loads(files.labels.read_text()), config, _tuples(described["data_config"]), session,
+    return OnnxModel(read_labels(files), config, _tuples(described["data_config"]), session,
                      read_temperature(files), read_run_taxonomy(files))
 
 
