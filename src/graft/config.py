@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from graft.errors import ConfigError
 
@@ -53,7 +53,8 @@ class BackboneConfig(_Section):
 
 class FeatureConfig(_Section):
     cache_dir: str | None = Field(None, description="None = $GRAFT_CACHE_DIR or the user's cache directory.")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int | None = Field(
+        None, ge=1, description="Images per backbone forward; None = the device's (32 on a CPU, 256 on a GPU).")
     num_workers: int | None = Field(
         None, ge=0, description="Decode threads, preparing the next batch while the backbone runs the current one "
         "(PIL and onnxruntime release the GIL); 0 = decode in the main thread; None = one per core.")
@@ -209,7 +210,9 @@ class FineTuneConfig(_Section):
     patience: int = Field(3, ge=1, description="Early stopping patience on validation loss.")
     plateau_patience: int = Field(1, ge=0)
     plateau_factor: float = Field(0.1, gt=0, lt=1)
-    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed on a GPU that multiplies bfloat16 natively, else 32-true (on a CPU "
+        "channels_last float32 trains faster than bf16).")
     channels_last: bool = Field(True, description="NHWC: 1.58x fp32 training speed here; bf16 gave 1.17x.")
     compile: bool = Field(
         False, description="torch.compile the training step (eager if compiling fails). Off: 1.03-1.44x (median "
@@ -238,6 +241,10 @@ class PredictConfig(_Section):
 
 
 class GraftConfig(_Section):
+    device: str = Field(
+        "auto", description="Where fit, extract and finetune compute: auto (a CUDA GPU, then Apple MPS, else the "
+        "CPU), cpu, cuda, cuda:N or mps. Commands that use a finished run take --device instead (default auto): "
+        "a run moves between machines.")
     data: DataConfig = Field(default_factory=DataConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -245,6 +252,15 @@ class GraftConfig(_Section):
     views: ViewsConfig = Field(default_factory=ViewsConfig)
     finetune: FineTuneConfig = Field(default_factory=FineTuneConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        from graft.device import DEVICES, is_device_spec
+
+        if not is_device_spec(value):
+            raise ValueError(f"unknown device {value!r}; use {DEVICES}")
+        return value
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> GraftConfig:
@@ -265,19 +281,39 @@ class GraftConfig(_Section):
         return cls.from_dict(values, source=str(path))
 
     def updated(self, overrides: dict[str, Any]) -> GraftConfig:
-        """Return a copy with dotted overrides applied, e.g. ``{"head.epochs": 40}``; ``None`` values are skipped."""
+        """Return a copy with dotted overrides applied at any depth, e.g. ``{"head.epochs": 40,
+        "finetune.augment.p": 0.5, "device": "cpu"}``; a section's name takes a mapping merged into it
+        (``{"finetune.augment": {"p": 0.5}}``); ``None`` values are skipped."""
         values = self.model_dump()
+        settings, known = set(self.dotted_keys()), set(self.dotted_keys(sections=True))
         for dotted, value in overrides.items():
             if value is None:
                 continue
-            section, _, key = dotted.partition(".")
-            if section not in values or key not in values[section]:
-                raise ConfigError(f"unknown setting {dotted!r}; known: {sorted(self.dotted_keys())}")
-            values[section][key] = value
+            if dotted not in known:
+                raise ConfigError(f"unknown setting {dotted!r}; known: {sorted(settings)}")
+            *sections, key = dotted.split(".")
+            node = values
+            for section in sections:
+                node = node[section]
+            if isinstance(value, dict) and dotted not in settings:
+                node[key] = {**node[key], **value}  # a section: the mapping's settings, the others kept
+            else:
+                node[key] = value
         return GraftConfig.from_dict(values, source="overrides")
 
-    def dotted_keys(self) -> list[str]:
-        return [f"{section}.{key}" for section, fields in self.model_dump().items() for key in fields]
+    def dotted_keys(self, sections: bool = False) -> list[str]:
+        """Every setting's dotted name, sections opened at any depth (``finetune.augment.p``); with ``sections``,
+        the sections' own names too (``finetune``, ``finetune.augment``)."""
+        def walk(model: BaseModel, prefix: str) -> list[str]:
+            keys = []
+            for name, value in model:
+                if isinstance(value, BaseModel):
+                    keys += [f"{prefix}{name}"] * sections + walk(value, f"{prefix}{name}.")
+                else:
+                    keys.append(f"{prefix}{name}")
+            return keys
+
+        return walk(self, "")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -29,3 +29,7 @@ class ImageError(GraftError):
 
 class ImageTooLarge(ImageError):
     """An image's header announces more pixels than graft decodes (a decompression bomb, or a huge scan)."""
+
+
+class DeviceError(GraftError):
+    """The device asked for (``--device cuda``...) is not there, or cannot do what was asked of it."""

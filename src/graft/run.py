@@ -30,6 +30,7 @@ import numpy as np
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest, read_csv
 from graft.data.taxonomy import Taxonomy
+from graft.device import Device, resolve_device
 from graft.errors import RunError
 from graft.files import atomic_write, atomic_write_text
 from graft.rows import RowFile
@@ -145,7 +146,7 @@ def write_state(path: Path, module: nn.Module) -> None:
     """Weights as safetensors: loading them can never run code."""
     from safetensors.torch import save
 
-    state = {key: tensor.contiguous() for key, tensor in module.state_dict().items()}
+    state = {key: tensor.detach().cpu().contiguous() for key, tensor in module.state_dict().items()}
     atomic_write(path, lambda handle: handle.write(save(state)))
 
 
@@ -219,8 +220,9 @@ def write_results(files: RunFiles, results: dict[str, Any], rows: Sequence[tuple
     atomic_write_text(files.results_md, f"# {files.root.name}\n\n{note}\n\n{results_table(rows)}")
 
 
-def load_run(run_dir: str | Path) -> Classifier:
-    """Rebuild the trained classifier of a run directory (backbone weights are checked against the run's)."""
+def load_run(run_dir: str | Path, device: str | Device = "auto") -> Classifier:
+    """Rebuild the trained classifier of a run directory (backbone weights are checked against the run's), to compute
+    on ``device`` (:func:`~graft.device.resolve_device`; a run trained on a GPU loads on a CPU and the other way)."""
     from safetensors.torch import load_file
 
     from graft.features.backbones import create_backbone
@@ -228,6 +230,7 @@ def load_run(run_dir: str | Path) -> Classifier:
     from graft.model.head import build_head
 
     files = check_complete(RunFiles(run_dir))
+    device = resolve_device(device)
     config = GraftConfig.from_yaml(files.config)
     labels = read_labels(files)
     settings = config.backbone.model_dump()
@@ -243,7 +246,7 @@ def load_run(run_dir: str | Path) -> Classifier:
     head = build_head(backbone.num_features, len(labels), config.head)
     head.load_state_dict(load_file(files.head))
     head.eval()
-    return Classifier(backbone, head, labels, config, read_temperature(files), read_run_taxonomy(files))
+    return Classifier(backbone, head, labels, config, read_temperature(files), read_run_taxonomy(files), device)
 
 
 def check_complete(files: RunFiles) -> RunFiles:
@@ -290,12 +293,14 @@ def write_ensemble(files: RunFiles, ensemble: Ensemble, runs: Sequence[Path]) ->
     write_json(files.labels, ensemble.labels)
 
 
-def load_model(run_dir: str | Path) -> Classifier | Ensemble:
-    """A run directory or an ensemble directory, whichever ``run_dir`` is."""
+def load_model(run_dir: str | Path, device: str | Device = "auto") -> Classifier | Ensemble:
+    """A run directory or an ensemble directory, whichever ``run_dir`` is, computing on ``device``."""
     files = RunFiles(run_dir)
+    device = resolve_device(device)
     if not files.is_ensemble():
-        return load_run(files.root)
+        return load_run(files.root, device)
     from graft.model.ensemble import Ensemble
 
     spec = read_ensemble_spec(files)
-    return Ensemble([load_run(path) for path in spec["runs"]], spec["weights"], GraftConfig.from_yaml(files.config))
+    return Ensemble([load_run(path, device) for path in spec["runs"]], spec["weights"],
+                    GraftConfig.from_yaml(files.config))

@@ -32,6 +32,8 @@ CacheOpt = Annotated[Path | None, typer.Option(help="Feature cache directory (de
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 FusionOpt = Annotated[str | None, typer.Option(help="Observation fusion: mean, max, geometric or borda.")]
 TtaOpt = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average 5 test-time views per image.")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    help="auto (a CUDA GPU, then Apple MPS, else the CPU), cpu, cuda, cuda:N or mps; one that is absent is an error.")]
 
 
 def versions(verbose: bool) -> str:

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import BackboneOpt, CacheOpt, ConfigOpt, DataArg, QuietOpt, app, console, error_console, load_config
+from graft.cli.app import (
+    BackboneOpt,
+    CacheOpt,
+    ConfigOpt,
+    DataArg,
+    DeviceOpt,
+    QuietOpt,
+    app,
+    console,
+    error_console,
+    load_config,
+)
 from graft.errors import GraftError
 
 cache_app = typer.Typer(help="What the feature cache holds; drop old chunks; find corrupt ones.", no_args_is_help=True)
@@ -25,13 +36,20 @@ def extract(
     address: Annotated[str | None, typer.Option(
         help="Ray cluster: auto, ray://HOST:10001; default a local one on this machine's cores.")] = None,
     actors: Annotated[int | None, typer.Option(help="Backbone actors on Ray (default one per core).")] = None,
+    gpus_per_actor: Annotated[float, typer.Option(
+        help="GPUs each Ray actor asks for (0.5: two actors share one); default 0, CPU actors.")] = 0.0,
+    threads_per_actor: Annotated[int, typer.Option(help="CPU cores (decode threads) each Ray actor asks for.")] = 1,
+    device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Fill the feature cache for DATA, so that `graft fit` on it performs no backbone forwards."""
     from graft.data.manifest import load_manifest
+    from graft.device import resolve_device
     from graft.progress import progress_bar
 
-    settings = load_config(config, backbone__name=backbone, features__cache_dir=str(cache_dir) if cache_dir else None)
+    settings = load_config(config, backbone__name=backbone, features__cache_dir=str(cache_dir) if cache_dir else None,
+                           device=device)
+    on = resolve_device("cpu" if ray else settings.device)  # Ray: each actor's (--gpus-per-actor)
     manifest = load_manifest(data, settings.data.format, settings.data.columns)
     paths, views = [r.path for r in manifest], [r.view for r in manifest]
     with progress_bar("Extracting features", not quiet) as report:
@@ -39,14 +57,16 @@ def extract(
             from graft.features.distributed import extract_on_ray
 
             result = extract_on_ray(paths, settings.backbone, settings.features, views=views,
-                                    view_config=settings.views, address=address, actors=actors, progress=report)
+                                    view_config=settings.views, address=address, actors=actors,
+                                    threads_per_actor=threads_per_actor, gpus_per_actor=gpus_per_actor,
+                                    progress=report)
             failures, forwards, seconds = result.failures, result.extracted, result.seconds
         else:
             from graft.features.backbones import create_backbone
             from graft.features.extract import extract_features
 
             found = extract_features(paths, create_backbone(**settings.backbone.model_dump()), settings.features,
-                                     views=views, view_config=settings.views, progress=report)
+                                     views=views, view_config=settings.views, progress=report, device=on)
             failures, forwards, seconds = found.failures, found.extracted, found.seconds
     for path, why in sorted(failures.items()):
         error_console.print(f"[yellow]skipped[/] {path}: {why}", highlight=False, soft_wrap=True)

@@ -13,6 +13,7 @@ from graft.cli.app import (
     CacheOpt,
     ConfigOpt,
     DataArg,
+    DeviceOpt,
     QuietOpt,
     app,
     columns,
@@ -55,6 +56,7 @@ def fit(
     default_view: Annotated[str | None, typer.Option(help="View of images without one, e.g. LeafScan.")] = None,
     taxonomy: Annotated[Path | None, typer.Option(
         help="CSV: label, genus, family, authorship, common_names (;), gbif - answers then rank genera/families.")] = None,
+    device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Extract (or reuse cached) features, choose the head by cross-fitting, train it, evaluate, write a run."""
@@ -68,7 +70,7 @@ def fit(
         data__val_fraction=val_fraction, data__seed=seed, head__seed=seed, data__format=data_format,
         data__columns=columns(column) or None,
         views__enabled=views, data__default_view=default_view, predict__tta=tta_names(tta),
-        data__taxonomy=str(taxonomy.resolve()) if taxonomy else None,
+        data__taxonomy=str(taxonomy.resolve()) if taxonomy else None, device=device,
     )
     result = fit_run(data, out, settings, progress=not quiet)
     _print_run(result)
@@ -108,7 +110,9 @@ def finetune(
     precision: Annotated[str | None, typer.Option(help="32-true or bf16-mixed.")] = None,
     channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers for decoding and augmentation.")] = None,
-    devices: Annotated[int | None, typer.Option(help="Processes (DDP) on this node.")] = None,
+    device: DeviceOpt = None,
+    devices: Annotated[int | None, typer.Option(help="GPUs (or CPU processes) on this node; more than one is DDP.")]
+    = None,
     num_nodes: Annotated[int | None, typer.Option(help="Nodes (torchrun / SLURM set the rest).")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Default: bar on a terminal.")] = None,
 ) -> None:
@@ -121,7 +125,7 @@ def finetune(
         "finetune.train_blocks": train_blocks, "finetune.backbone_lr_scale": backbone_lr_scale,
         "finetune.freeze_bn": freeze_bn, "finetune.min_vote": min_vote, "head.class_weights": class_weights,
         "finetune.precision": precision, "finetune.channels_last": channels_last, "finetune.num_workers": workers,
-        "finetune.devices": devices, "finetune.num_nodes": num_nodes,
+        "finetune.devices": devices, "finetune.num_nodes": num_nodes, "device": device,
     }
     result = finetune_run(run, overrides, resume=resume, progress=progress)
     if result is None:  # a non-zero DDP rank
@@ -161,13 +165,15 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
     backbone: BackboneOpt = None,
     cache_dir: CacheOpt = None,
+    device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The whole path offline on real data: extract features -> train head -> evaluate -> report."""
     from graft.data.demo import elpv_manifest
     from graft.training.fit import fit as fit_run
 
-    settings = load_config(None, backbone__name=backbone, features__cache_dir=str(cache_dir) if cache_dir else None)
+    settings = load_config(None, backbone__name=backbone, features__cache_dir=str(cache_dir) if cache_dir else None,
+                           device=device)
     source = data if data is not None else elpv_manifest()
     name = data or "ELPV solar cells (Deitsch et al. 2019, CC BY-NC-SA 4.0)"
     console.print(f"[bold]graft demo[/]: {name}, backbone {settings.backbone.name}")

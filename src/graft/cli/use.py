@@ -10,7 +10,18 @@ import typer
 from rich.markdown import Markdown
 from rich.table import Table
 
-from graft.cli.app import DataArg, FusionOpt, QuietOpt, RunArg, TtaOpt, app, console, error_console, tta_names
+from graft.cli.app import (
+    DataArg,
+    DeviceOpt,
+    FusionOpt,
+    QuietOpt,
+    RunArg,
+    TtaOpt,
+    app,
+    console,
+    error_console,
+    tta_names,
+)
 from graft.errors import ConfigError, GraftError
 
 
@@ -22,6 +33,7 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Also write the results JSON here.")] = None,
     tta: TtaOpt = None,
     fusion: FusionOpt = None,
+    device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Score a run on a dataset (its test part if it names one, else every image)."""
@@ -29,7 +41,8 @@ def evaluate(
     from graft.run import write_results_json
     from graft.tables import results_table
 
-    results = evaluate_run(run, data, progress=not (quiet or as_json), tta=tta_names(tta), fusion=fusion)
+    results = evaluate_run(run, data, progress=not (quiet or as_json), tta=tta_names(tta), fusion=fusion,
+                           device=device or "auto")
     if out:
         write_results_json(out, results)
     if as_json:
@@ -49,6 +62,7 @@ def predict(
     reject_threshold: Annotated[float | None, typer.Option(help="Say 'unknown' below this top probability.")] = None,
     engine: Annotated[str, typer.Option(help="auto (the ONNX export, else the backbone's cached ONNX graph and the head in "
                                                 "numpy, else torch), onnx, or torch.")] = "auto",
+    device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the HTTP answer's shape).")] = False,
 ) -> None:
     """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
@@ -57,7 +71,7 @@ def predict(
 
     if view and len(view) != len(images):
         raise ConfigError(f"--view given {len(view)} time(s) for {len(images)} image(s); give one per image or none")
-    model = load_engine(run, engine)  # auto: the export, else the cached backbone graph + numpy head, else torch
+    model = load_engine(run, engine, device=device or "auto")  # auto: the export, else the cached graph, else torch
     answer = identify(model, images, view or None, fusion=fusion, top=top, tta=tta_names(tta),
                       reject_threshold=reject_threshold)
     for path, reason in answer.failures.items():
@@ -88,11 +102,12 @@ def report(
     runs: Annotated[list[Path], typer.Argument(help="Run or ensemble directories to compare.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (report.md, report.html).")],
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Also score each model with test-time views.")] = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Models side by side: S, Top-k, speed, calibration, coverage, fusion rules, confusions, per-view accuracy."""
     from graft.evaluation.report import build_report
 
-    page = build_report(runs, out, tta)
+    page = build_report(runs, out, tta, device or "auto")
     console.print(Markdown((out / "report.md").read_text().split("\n## ")[0]))
     console.print(f"report: {page} (self-contained HTML) and {out / 'report.md'}")
 
@@ -129,6 +144,7 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(
         help="Micro-batching: concurrent requests share one forward, waiting up to this long (ONNX engine; 0 = off).")]
     = 0.0,
+    device: DeviceOpt = None,
 ) -> None:
     """Web page at /, POST /identify, Pl@ntNet-compatible POST /v2/identify/{project}, GET /health and /labels, OpenAPI
     docs at /docs."""
@@ -144,7 +160,7 @@ def serve(
                   f"http://{host}:{port}/v2/identify, projects {', '.join(['all', *projects])}; "
                   f"{'API keys required' if keys else 'open: no API keys'})")
     app = create_app(run, engine, limits, keys=keys, cors_origins=cors_origin, projects=projects,
-                     batch_window_ms=batch_window_ms)
+                     batch_window_ms=batch_window_ms, device=device or "auto")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

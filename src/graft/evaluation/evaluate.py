@@ -41,12 +41,13 @@ def evaluate_model(model: Model, part, tta: Sequence[str] | None = None, fusion:
 
 
 def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False, tta: Sequence[str] | None = None,
-             fusion: str | None = None) -> dict[str, Any]:
+             fusion: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Score a run (or ensemble) on a dataset: its test part when it names one, otherwise every image.
 
-    ``tta`` (test-time views) and ``fusion`` override the run's settings for this evaluation only.
+    ``tta`` (test-time views) and ``fusion`` override the run's settings for this evaluation only; ``device``: where
+    the model computes (:func:`~graft.device.resolve_device`).
     """
-    model = load_model(run_dir)
+    model = load_model(run_dir, device)
     config = model.config
     manifest = load_manifest(data, config.data.format, config.data.columns).with_default_view(config.data.default_view)
     part = manifest.where("test") if manifest.where("test").records else manifest

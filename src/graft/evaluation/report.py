@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from graft.data.manifest import Manifest
+from graft.device import Device, resolve_device
 from graft.evaluation.evaluate import evaluate_model
 from graft.evaluation.plots import reliability_plot
 from graft.features.tta import DEFAULT_TTA
@@ -43,11 +44,14 @@ def per_view_accuracy(probabilities: np.ndarray, part: Manifest, labels: list[st
     return {view: (float(np.mean(hits)), len(hits)) for view, hits in sorted(by_view.items())}
 
 
-def build_report(runs: list[Path], out: Path, tta: bool = False) -> Path:
+def build_report(runs: list[Path], out: Path, tta: bool = False, device: str | Device = "auto") -> Path:
+    """Score every run on its own evaluation part (on ``device``) into ``out``/report.md and a self-contained
+    report.html; returns the HTML's path."""
+    device = resolve_device(device)  # an absent GPU: an error before anything is written
     out.mkdir(parents=True, exist_ok=True)
     rows, sections, images = [], [], []
     for run in runs:
-        model = load_model(run)
+        model = load_model(run, device)
         part = evaluation_part(read_manifest(run))
         name = _model_name(run, model)
         plain, kept, probabilities = evaluate_model(model, part, tta=())

@@ -46,9 +46,21 @@ class Backbone:
         return int(self.model.num_features)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features of ``images``, on the device the model is on (a pinned host batch is copied there
+        without blocking)."""
+        images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Backbone:
+        """Move the network to ``device`` (in place; its weights identity does not change)."""
+        self.model.to(device)
+        return self
 
     def transform(self):
         """The eval transform (resize, centre crop, normalise) built from the weights' own config."""

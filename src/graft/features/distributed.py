@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.config import BackboneConfig, FeatureConfig, ViewsConfig
+from graft.device import resolve_device
 from graft.errors import BackboneError, GraftError
 from graft.features.backbones import create_backbone, members_of
 from graft.features.cache import FeatureCache
@@ -38,12 +39,13 @@ class RayExtraction:
 
 
 class _Extractor:
-    """A Ray actor: one backbone per process, ``extract_features`` per batch."""
+    """A Ray actor: one backbone per process, ``extract_features`` per batch; on the GPU Ray gave it, if any."""
 
-    def __init__(self, backbone: dict, features: dict, views: dict, identity: str, threads: int):
+    def __init__(self, backbone: dict, features: dict, views: dict, identity: str, threads: int, gpu: bool):
         import torch
 
         torch.set_num_threads(threads)  # this actor's share of the node's cores (ONNX Runtime follows it)
+        self.device = resolve_device("cuda" if gpu else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
         self.backbone = create_backbone(**backbone)
         if self.backbone.identity != identity:
             raise BackboneError(f"this worker loads {self.backbone.name} with weights {self.backbone.identity}, the "
@@ -57,7 +59,7 @@ class _Extractor:
 
         paths = [Path(p) for p in batch["path"]]
         result = extract_features(paths, self.backbone, self.settings, views=list(batch["view"]),
-                                  view_config=self.views, cache=self.cache)
+                                  view_config=self.views, cache=self.cache, device=self.device)
         errors = [result.failures.get(path, "") for path in paths]
         return {"path": batch["path"], "error": errors, "forwards": [result.extracted] + [0] * (len(paths) - 1)}
 
@@ -65,9 +67,11 @@ class _Extractor:
 def extract_on_ray(paths: Sequence[Path], backbone: BackboneConfig, settings: FeatureConfig, *,
                    views: Sequence[str] | None = None, view_config: ViewsConfig | None = None,
                    address: str | None = None, actors: int | None = None, threads_per_actor: int = 1,
-                   progress: Callable[[int, int], None] | None = None) -> RayExtraction:
+                   gpus_per_actor: float = 0, progress: Callable[[int, int], None] | None = None) -> RayExtraction:
     """Extract the features of ``paths`` on Ray (``address``: "auto", "ray://host:10001"; None = a local cluster of
-    this machine's cores) with ``actors`` backbone actors (None = one per ``threads_per_actor`` cores)."""
+    this machine's cores) with ``actors`` backbone actors (None = one per ``threads_per_actor`` cores, or with
+    ``gpus_per_actor`` > 0 one per that share of the cluster's GPUs, each forwarding on its GPU; 0.5 puts two actors
+    on a GPU, so one decodes while the other forwards)."""
     try:
         import ray
         import ray.data
@@ -79,7 +83,12 @@ def extract_on_ray(paths: Sequence[Path], backbone: BackboneConfig, settings: Fe
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False  # graft reports progress itself
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_actor)
+    resources = ray.cluster_resources()
+    if gpus_per_actor > 0 and resources.get("GPU", 0) < gpus_per_actor:
+        raise GraftError(f"--gpus-per-actor {gpus_per_actor:g}: the Ray cluster has {resources.get('GPU', 0):g} GPU(s); "
+                         "start its nodes with GPUs or leave --gpus-per-actor at 0")
+    by_gpu = int(resources.get("GPU", 0) / gpus_per_actor) if gpus_per_actor > 0 else None
+    actors = actors or by_gpu or max(1, int(resources.get("CPU", 1)) // threads_per_actor)
     rows = [{"path": str(path), "view": view} for path, view in zip(paths, views or [""] * len(paths), strict=True)]
     failures: dict[str, str] = {}
     forwards = 0
@@ -87,9 +96,10 @@ def extract_on_ray(paths: Sequence[Path], backbone: BackboneConfig, settings: Fe
         spec = backbone.model_dump() | {"name": member.name}
         dataset = ray.data.from_items(rows).map_batches(
             _Extractor, batch_size=_batch_size(len(rows), actors, settings), concurrency=actors,
-            num_cpus=threads_per_actor,
+            num_cpus=threads_per_actor, num_gpus=gpus_per_actor,
             fn_constructor_kwargs={"backbone": spec, "features": settings.model_dump(), "views": view_config.model_dump(),
-                                   "identity": member.identity, "threads": threads_per_actor},
+                                   "identity": member.identity, "threads": threads_per_actor,
+                                   "gpu": gpus_per_actor > 0},
             max_restarts=RETRIES, max_task_retries=RETRIES)
         done = 0
         for batch in dataset.iter_batches(batch_size=None):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from graft.device import CPU, Device, exact_float32
 from graft.errors import BackboneError
 from graft.files import atomic_write
 from graft.store import cache_root
@@ -52,30 +53,55 @@ class FeatureEngine:
         return self.forward(images)
 
 
-def feature_engine(backbone: Backbone, engine: str = "auto", cache_dir: str | Path | None = None) -> FeatureEngine:
-    """The backbone's forward under ``engine``: ``auto`` = ONNX Runtime when the backbone exports and onnxruntime is
-    installed, else torch (with a logged reason); ``onnx`` raises :class:`BackboneError` when it cannot.
+def feature_engine(backbone: Backbone, engine: str = "auto", cache_dir: str | Path | None = None,
+                   device: Device = CPU) -> FeatureEngine:
+    """The backbone's forward under ``engine`` on ``device``: ``auto`` = ONNX Runtime where it runs on that device
+    (the CPU; a GPU only with onnxruntime-gpu) and the backbone exports, else torch on the device (with a logged
+    reason); ``onnx`` raises :class:`BackboneError` when it cannot export.
     """
-    if engine not in ENGINES:
-        raise BackboneError(f"unknown feature engine {engine!r}; use auto, onnx or torch")
-    in_torch = FeatureEngine("torch", lambda images: torch_features(backbone, images))
-    if engine == "torch":
-        return in_torch
+    def in_torch() -> FeatureEngine:
+        backbone.to(device.torch())
+        return FeatureEngine("torch", lambda images: torch_features(backbone, images, device))
+
+    if engine_for(engine, device) == "torch":
+        return in_torch()
+    if device.is_gpu and not onnx_runs_on(device):
+        log.warning("ONNX Runtime has no provider for %s here (pip install onnxruntime-gpu): it runs on the CPU",
+                    device.spec)
     try:
-        session = onnx_session(backbone, cache_dir)
+        session = onnx_session(backbone, cache_dir, device)
     except BackboneError as error:
         if engine == "onnx":
             raise
         log.warning("features run under torch: %s", error)
-        return in_torch
+        return in_torch()
     return FeatureEngine("onnx", lambda images: session.run(None, {"images": images.numpy()})[0])
 
 
-def torch_features(backbone: Backbone, images: torch.Tensor) -> np.ndarray:
+def engine_for(engine: str, device: Device) -> str:
+    """The engine that runs: ``torch`` or ``onnx`` as asked; for ``auto``, ONNX Runtime where it computes on ``device``
+    (on a CPU it runs the network ~2x faster than torch; a GPU it reaches only through onnxruntime-gpu), else torch."""
+    if engine not in ENGINES:
+        raise BackboneError(f"unknown feature engine {engine!r}; use auto, onnx or torch")
+    if engine == "auto":
+        return "onnx" if onnx_runs_on(device) else "torch"
+    return engine
+
+
+def onnx_runs_on(device: Device) -> bool:
+    """Whether ONNX Runtime computes on ``device`` itself (a GPU needs onnxruntime-gpu's provider)."""
+    try:
+        return device.onnx_providers()[0] != "CPUExecutionProvider" or not device.is_gpu
+    except ImportError:
+        return False
+
+
+def torch_features(backbone: Backbone, images: torch.Tensor, device: Device = CPU) -> np.ndarray:
+    """Features in float32 on the backbone's device (no TF32 on a GPU: :func:`~graft.device.exact_float32`)."""
     import torch
 
-    with torch.inference_mode():
-        return backbone(images).float().numpy()
+    with torch.inference_mode(), exact_float32(device):
+        return backbone(images).float().cpu().numpy()
 
 
 def graph_path(backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
@@ -91,11 +117,13 @@ def graph_file(described: dict, cache_dir: str | Path | None = None) -> Path:
     return cache_root(cache_dir) / "graphs" / name
 
 
-def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None):
-    """The onnxruntime session for ``backbone``: exported on first use, then reused (process-wide)."""
+def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None, device: Device = CPU):
+    """The onnxruntime session for ``backbone`` on ``device``: exported on first use, then reused (process-wide)."""
     path = graph_path(backbone, cache_dir)
+    providers = device.onnx_providers()
+    key = path.name if providers == ["CPUExecutionProvider"] else f"{path.name}@{device.spec}"
     with _lock:
-        session = _sessions.get(path.name)
+        session = _sessions.get(key)
         if session is None:
             try:
                 import onnxruntime
@@ -107,8 +135,8 @@ def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None):
 
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()  # a Ray actor's share of the cores, or all
-            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            _sessions[path.name] = session
+            session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+            _sessions[key] = session
         return session
 
 
@@ -116,7 +144,7 @@ def export_backbone(backbone: Backbone, path: Path) -> Path:
     """Write the pooled-feature network as ONNX (dynamic batch), atomically; BackboneError when it won't export."""
     import torch
 
-    network = copy.deepcopy(backbone.model).to(memory_format=torch.contiguous_format).eval()
+    network = copy.deepcopy(backbone.model).cpu().to(memory_format=torch.contiguous_format).eval()
     dummy = torch.zeros(1, *backbone.data_config["input_size"])
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

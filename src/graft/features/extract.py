@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from graft.config import AugmentConfig, FeatureConfig, ViewsConfig
+from graft.device import CPU, Device
 from graft.errors import ImageError
 from graft.features.backbones import Backbone, ConcatBackbone
 from graft.features.cache import FeatureCache
@@ -77,11 +78,14 @@ class _DecodeDataset(Dataset):
             return index, self.preparation.empty(), f"{item.path}: {error}", Decision().to_row()
 
 
-def _collate(batch):
-    """Images contribute different numbers of views: stack them all into one forward batch."""
+def _collate(batch, pin: bool = False):
+    """Images contribute different numbers of views: stack them all into one forward batch (in page-locked memory
+    with ``pin``, so the copy to a GPU does not block the thread that waits for it)."""
     indices, views, errors, decisions = zip(*batch, strict=True)
     counts = [len(v) for v in views]
-    return list(indices), torch.cat(views), list(errors), torch.from_numpy(np.stack(decisions)), counts
+    images = torch.cat(views)
+    return list(indices), images.pin_memory() if pin else images, list(errors), \
+        torch.from_numpy(np.stack(decisions)), counts
 
 
 def decode_threads() -> int:
@@ -91,11 +95,12 @@ def decode_threads() -> int:
     return os.cpu_count() or 1
 
 
-def prepared_batches(dataset: Dataset, batch_size: int, threads: int) -> Iterator:
-    """``dataset`` in collated batches, each prepared by a pool of ``threads`` while earlier ones are consumed; at most
-    ``threads + 1`` batches are held, so memory stays flat however many images there are."""
+def prepared_batches(dataset: Dataset, batch_size: int, threads: int, pin: bool = False) -> Iterator:
+    """``dataset`` in collated batches, each prepared by a pool of ``threads`` while earlier ones are consumed (on a
+    GPU: while the device runs the current one); at most ``threads + 1`` batches are held, so memory stays flat
+    however many images there are. ``pin``: batches in page-locked memory, for a CUDA device."""
     def make(start: int):
-        return _collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        return _collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pin)
 
     starts = range(0, len(dataset), batch_size)
     if threads == 0:
@@ -123,6 +128,7 @@ def extract_features(
     cache: FeatureCache | None = None,
     augment: AugmentConfig | None = None,
     rows_to: Path | None = None,
+    device: Device = CPU,
 ) -> FeatureSet:
     """Features for ``paths``: cached rows are read, the rest extracted in batches and cached in chunks.
 
@@ -134,7 +140,8 @@ def extract_features(
     :func:`~graft.features.augment.augmented_names`). ``cache``: an open cache of this backbone to reuse (a Ray
     actor's: re-indexing a large cache per batch is slow); it is refreshed first, so chunks other processes wrote count.
     ``rows_to``: write the features into this row file, block by block, instead of memory (more features than RAM;
-    not with ``tta``).
+    not with ``tta``). ``device``: where the backbone runs (:func:`~graft.device.resolve_device`); decoding stays on
+    the host's cores, overlapped with the forwards.
 
     Example:
         >>> features = extract_features(paths, create_backbone(), FeatureConfig(cache_dir="cache"))
@@ -144,7 +151,7 @@ def extract_features(
     if isinstance(backbone, ConcatBackbone):
         parts = [extract_features(paths, member, settings, views=views, view_config=view_config, tta=tta,
                                   progress=progress, augment=augment,
-                                  rows_to=rows_to and rows_to.with_suffix(f".{i}.npy"))
+                                  rows_to=rows_to and rows_to.with_suffix(f".{i}.npy"), device=device)
                  for i, member in enumerate(backbone.members)]
         return concatenated(parts, rows_to)
     start = time.perf_counter()
@@ -167,7 +174,7 @@ def extract_features(
     preparation = Preparation(backbone.transform(), backbone.data_config, view_config,
                               decode_side(backbone.data_config, settings.decode), augment)
     extracted = _extract_missing(list(missing.values()), backbone, cache, stores, preparation, settings, failures,
-                                 progress)
+                                 progress, device)
     good = [item for item in items if item.path not in failures]
     if not good:
         features = np.zeros((0, backbone.num_features), np.float32)
@@ -204,7 +211,8 @@ def _count_fallbacks(items: Sequence[_Item], stores: dict[str, ChunkStore]) -> C
 
 
 def _extract_missing(todo, backbone: Backbone, cache: FeatureCache, stores: dict[str, ChunkStore],
-                     preparation: Preparation, settings: FeatureConfig, failures: dict, progress: Progress | None) -> int:
+                     preparation: Preparation, settings: FeatureConfig, failures: dict, progress: Progress | None,
+                     device: Device) -> int:
     if progress:
         progress(0, len(todo))
     if not todo:
@@ -213,13 +221,15 @@ def _extract_missing(todo, backbone: Backbone, cache: FeatureCache, stores: dict
     known = [stores[i.view_key].get([i.digest])[0] if i.view_key and i.digest in stores[i.view_key] else None
              for i in items]
     threads = decode_threads() if settings.num_workers is None else settings.num_workers
-    batches = prepared_batches(_DecodeDataset(items, known, preparation, needed), settings.batch_size, threads)
-    engine = feature_engine(backbone, settings.engine, settings.cache_dir)
+    batch_size = device.extraction_batch(settings.batch_size)
+    engine = feature_engine(backbone, settings.engine, settings.cache_dir, device)
+    batches = prepared_batches(_DecodeDataset(items, known, preparation, needed), batch_size, threads,
+                               pin=engine.name == "torch" and device.type == "cuda")
     pending = _Pending()
     extracted = 0
     with torch.inference_mode():
         for indices, images, errors, decisions, counts in batches:
-            rows = forward_in_batches(engine, images, settings.batch_size)
+            rows = forward_in_batches(engine, images, batch_size)
             offsets = np.cumsum([0, *counts])
             for position, (index, error) in enumerate(zip(indices, errors, strict=True)):
                 if error:

@@ -21,6 +21,7 @@ from torch import nn
 from graft.config import GraftConfig
 from graft.data.manifest import Manifest
 from graft.data.taxonomy import Taxonomy
+from graft.device import CPU, Device
 from graft.features.backbones import Backbone, ConcatBackbone, members_of
 from graft.features.engines import FeatureEngine, feature_engine
 from graft.features.extract import FeatureSet, extract_features, forward_in_batches
@@ -41,6 +42,7 @@ class Classifier:
     config: GraftConfig
     temperature: float = 1.0  # fitted on held-out logits; 1.0 = uncalibrated
     taxonomy: Taxonomy = field(default_factory=Taxonomy)
+    device: Device = CPU  # where the backbone runs (the head is small: it stays on the host)
     engine = "torch"
 
     def _tta(self, tta: Sequence[str] | None) -> tuple[str, ...]:
@@ -53,7 +55,7 @@ class Classifier:
         with progress_bar("Extracting features", progress) as report:
             return extract_features(paths, self.backbone, self.config.features, views=views,
                                     view_config=self.config.views, tta=() if rows_to else self._tta(tta),
-                                    progress=report, rows_to=rows_to)
+                                    progress=report, rows_to=rows_to, device=self.device)
 
     def manifest_features(self, manifest: Manifest, progress: bool = False,
                           tta: Sequence[str] | None = None, rows_to: Path | None = None) -> FeatureSet:
@@ -76,7 +78,7 @@ class Classifier:
     def preparations(self) -> list[tuple[FeatureEngine, Preparation]]:
         """Each backbone's engine with its own preparation (a concatenation's members differ in resolution)."""
         settings = self.config.features
-        return [(feature_engine(member, settings.engine, settings.cache_dir),
+        return [(feature_engine(member, settings.engine, settings.cache_dir, self.device),
                  Preparation(member.transform(), member.data_config, self.config.views,
                              decode_side(member.data_config, settings.decode)))
                 for member in members_of(self.backbone)]
@@ -84,9 +86,10 @@ class Classifier:
     def probabilities(self, images: Sequence[Image.Image], views: Sequence[str],
                       tta: Sequence[str] | None = None) -> np.ndarray:
         names = view_names(self._tta(tta))
+        size = self.device.extraction_batch(self.config.features.batch_size)
         with torch.inference_mode():
             features = np.concatenate([
-                forward_in_batches(engine, preparation.batch(images, views, names), self.config.features.batch_size)
+                forward_in_batches(engine, preparation.batch(images, views, names), size)
                 for engine, preparation in self.preparations], axis=1)
         return mean_over_views(predict_logits(self.head, features), len(images), self.temperature)
 
@@ -106,7 +109,7 @@ class Classifier:
             start = time.perf_counter()
             feature_set = extract_features(
                 [r.path for r in sample], self.backbone, self.config.features.model_copy(update={"cache_dir": empty_cache}),
-                views=[r.view for r in sample], view_config=self.config.views, tta=self._tta(tta))
+                views=[r.view for r in sample], view_config=self.config.views, tta=self._tta(tta), device=self.device)
             self.predict_proba(feature_set.features)
             return round(len(sample) / (time.perf_counter() - start), 2)
 

@@ -139,8 +139,10 @@ def members_of(head: nn.Module) -> int:
 
 
 def predict_logits(head: nn.Module, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """float32 logits on the host, computed where the head is (a fold head being trained on a GPU: there)."""
     head.eval()
+    device = next(head.buffers()).device  # every kind starts with a Standardize, which has buffers
     with torch.inference_mode():
         tensor = torch.as_tensor(features, dtype=torch.float32)
-        chunks = [head(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]
-        return torch.cat(chunks or [head(tensor[:0])]).numpy()  # no rows: a [0, C] answer, not an error
+        chunks = [head(tensor[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(tensor), batch_size)]
+        return torch.cat(chunks or [head(tensor[:0].to(device)).float().cpu()]).numpy()  # no rows: [0, C], no error

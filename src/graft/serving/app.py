@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image
 
 from graft.data.images import MAX_PIXELS
+from graft.device import Device, resolve_device
 from graft.errors import ImageError, ImageTooLarge
 from graft.model.identification import Model, identify_images
 from graft.run import read_manifest
@@ -78,19 +79,21 @@ class BodyLimit:
 
 def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limits(), *, keys: KeyRing | None = None,
                cors_origins: Sequence[str] = (), projects: dict[str, str | Path] | None = None,
-               batch_window_ms: float = 0.0) -> FastAPI:
+               batch_window_ms: float = 0.0, device: str | Device = "auto") -> FastAPI:
     """The app serving ``run_dir`` (project ``all`` of the Pl@ntNet-compatible API) and any further ``projects``
     (name -> run). ``keys``: API keys with daily quotas (None: open). ``cors_origins``: origins a browser app may call
-    from ("*" for any). ``batch_window_ms``: micro-batching of concurrent requests (ONNX engine; 0 = off)."""
+    from ("*" for any). ``batch_window_ms``: micro-batching of concurrent requests (ONNX engine; 0 = off).
+    ``device``: where the models compute; resolved here, so an absent GPU stops the server before it starts."""
     from graft.serving.engine import load_engine
 
+    device = resolve_device(device)
     runs = {"all": Path(run_dir)} | {name: Path(path) for name, path in (projects or {}).items()}
     state: dict = {"engines": {}, "errors": {}}
 
     def load() -> None:
         for name, run in runs.items():
             try:
-                state["engines"][name] = load_engine(run, engine, batch_window_ms)
+                state["engines"][name] = load_engine(run, engine, batch_window_ms, device)
             except Exception as error:  # reported by /health rather than killing the server
                 state["errors"][name] = str(error)
 

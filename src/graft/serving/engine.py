@@ -25,8 +25,9 @@ from graft.config import GraftConfig
 from graft.data.images import load_rgb
 from graft.data.manifest import Manifest
 from graft.data.taxonomy import Taxonomy
+from graft.device import CPU, Device, resolve_device
 from graft.errors import ImageError, RunError
-from graft.features.engines import graph_file
+from graft.features.engines import engine_for, graph_file
 from graft.features.eval_transform import centre_crop_transform
 from graft.features.preparation import Preparation, decode_side, decode_upload, view_names
 from graft.model.fusion import mean_over_views
@@ -55,6 +56,7 @@ class OnnxModel:
     temperature: float = 1.0
     taxonomy: Taxonomy = field(default_factory=Taxonomy)
     batcher: MicroBatcher | None = None  # serving: concurrent requests share forwards
+    device: Device = CPU  # where ONNX Runtime computes (a GPU through onnxruntime-gpu's provider)
     engine = "onnx"
 
     @cached_property
@@ -78,7 +80,7 @@ class OnnxModel:
         batch = np.asarray(self.preparation.batch(images, views, view_names(self._tta(tta))))
         if self.batcher is not None:
             return mean_over_views(self.batcher.run(batch), len(images), self.temperature)
-        size = self.config.features.batch_size
+        size = self.device.extraction_batch(self.config.features.batch_size)
         logits = np.concatenate([self.forward(batch[i : i + size]) for i in range(0, len(batch), size)])
         return mean_over_views(logits, len(images), self.temperature)
 
@@ -105,37 +107,43 @@ class OnnxModel:
         return round(len(sample) / (time.perf_counter() - start), 2) if len(sample) else float("nan")
 
 
-def load_engine(run_dir: str | Path, engine: str = "auto", batch_window_ms: float = 0.0) -> Model:
+def load_engine(run_dir: str | Path, engine: str = "auto", batch_window_ms: float = 0.0,
+                device: str | Device = "auto") -> Model:
     """``onnx`` (needs an export), ``torch`` (the run or ensemble itself), or ``auto``: the export when there is one,
     else the backbone's graph from the feature cache with the head in numpy (:func:`_graph_model`), else torch.
 
+    ``device`` (:func:`~graft.device.resolve_device`): where the model computes. ``auto`` takes ONNX Runtime only where
+    it runs on that device (a GPU needs onnxruntime-gpu), else the run itself on the device through torch.
     ``batch_window_ms`` > 0: the ONNX engine batches concurrent callers' images into shared forwards, waiting this
     long for company (see :mod:`graft.serving.batching`)."""
     files = RunFiles(run_dir)
     if engine not in ENGINES:
         raise RunError(f"unknown engine {engine!r}; use auto, onnx or torch")
+    device = resolve_device(device)
     exported = files.onnx.is_file()
     if engine == "onnx" and not exported:
         raise RunError(f"{files.onnx} not found; run `graft export {files.root} --format onnx` first")
-    if engine == "onnx" or (engine == "auto" and exported):
-        model = _onnx_model(files)
-    elif engine != "auto" or (model := _graph_model(files)) is None:
-        return load_model(files.root)
+    onnx_here = engine_for(engine, device) == "onnx"
+    if onnx_here and exported:
+        model = _onnx_model(files, device)
+    elif not onnx_here or (model := _graph_model(files, device)) is None:
+        return load_model(files.root, device)
     if batch_window_ms > 0:
-        model.batcher = MicroBatcher(model.forward, batch_window_ms / 1000, model.config.features.batch_size)
+        model.batcher = MicroBatcher(model.forward, batch_window_ms / 1000,
+                                     device.extraction_batch(model.config.features.batch_size))
     return model
 
 
-def _onnx_model(files: RunFiles) -> OnnxModel:
+def _onnx_model(files: RunFiles, device: Device) -> OnnxModel:
     import onnxruntime
 
     metadata = json.loads(files.onnx_metadata.read_text())
-    session = onnxruntime.InferenceSession(str(files.onnx), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(files.onnx), providers=device.onnx_providers())
     return OnnxModel(metadata["labels"], GraftConfig.from_yaml(files.config), _tuples(metadata["data_config"]),
-                     session, metadata["temperature"], read_run_taxonomy(files))
+                     session, metadata["temperature"], read_run_taxonomy(files), device=device)
 
 
-def _graph_model(files: RunFiles) -> OnnxModel | None:
+def _graph_model(files: RunFiles, device: Device) -> OnnxModel | None:
     """A run that was not exported, without torch: its backbone's ONNX graph from the feature cache (there wherever
     its features were extracted under ONNX Runtime; keyed by the weights' identity, so only the very network the
     head was trained on) and its head in numpy (:mod:`graft.model.numpy_head`). None where a piece is missing (an
@@ -156,9 +164,9 @@ def _graph_model(files: RunFiles) -> OnnxModel | None:
         import onnxruntime
     except ImportError:
         return None
-    session = GraphThenHead(onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"]), head)
+    session = GraphThenHead(onnxruntime.InferenceSession(str(graph), providers=device.onnx_providers()), head)
     return OnnxModel(read_labels(files), config, _tuples(described["data_config"]), session,
-                     read_temperature(files), read_run_taxonomy(files))
+                     read_temperature(files), read_run_taxonomy(files), device=device)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from graft.run import RunFiles, load_model, write_json
 def export_onnx(run_dir: str | Path, opset: int = 17) -> Path:
     """Write ``model.onnx`` + its ``.json`` metadata into the run (atomically)."""
     files = RunFiles(run_dir)
-    model = load_model(files.root)
+    model = load_model(files.root, "cpu")  # the graph is traced on the host; it runs wherever ONNX Runtime does
     if isinstance(model, Ensemble) or isinstance(model.backbone, ConcatBackbone):
         raise RunError(f"{files.root} combines several backbones; export single-backbone runs, or serve this one "
                        "with --engine torch")

@@ -30,6 +30,7 @@ from torch import nn
 
 from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
+from graft.device import CPU, Device
 from graft.errors import ConfigError
 from graft.evaluation.metrics import score_logits
 from graft.model.head import HeadBag
@@ -108,11 +109,11 @@ class Selection:
 
 def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord], label_names: list[str],
               config: HeadConfig, weights: torch.Tensor | None, fusion: str, extra: np.ndarray | None = None,
-              scratch: Path | None = None) -> Selection:
+              scratch: Path | None = None, device: Device = CPU) -> Selection:
     """Score every candidate out of fold and pick the best S (ties: the first, i.e. the simpler family), over
     :func:`repeats_for` repeats of the folds. ``extra``: cached augmented views ``[n, K, D]`` of the rows, trained on
     with them, never scored. ``scratch``: where out-of-fold logits of features on disk go (row files; the chosen
-    one's outlives the call)."""
+    one's outlives the call). ``device``: where every candidate's heads train."""
     images_per_class = len(labels) / max(1, len(np.unique(labels)))
     fold = np.stack([fold_of(records, config.folds, repeat_seed(config.seed, r))
                      for r in range(repeats_for(config, images_per_class, features))])
@@ -129,7 +130,7 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as fold_logs:  # the folds' logs go; only the MLP's heads are kept (bag)
             found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs),
-                                extra, scratch, score, leader=chosen_s)  # the MLP's grid: the S it must beat
+                                extra, scratch, score, leader=chosen_s, device=device)  # leader: the S the MLP must beat
         seconds = (time.perf_counter() - start) / len(found.scores)
         for candidate, scores in found.scores.items():
             rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
@@ -150,14 +151,14 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
 
 def final_head(selection: Selection, features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
                weights: torch.Tensor | None, log_dir: Path, progress: bool = False,
-               extra: np.ndarray | None = None) -> tuple[nn.Module, HeadConfig, Path | None]:
+               extra: np.ndarray | None = None, device: Device = CPU) -> tuple[nn.Module, HeadConfig, Path | None]:
     """The chosen candidate trained on all of the training part (and its augmented views), the resolved head
     settings that rebuild it, and (MLP) its epoch log. A chosen MLP with ``head.bag`` is instead its K fold heads
     as one :class:`HeadBag`: nothing is retrained, and the bag has no epoch log of its own."""
     resolved = selection.chosen.config(config).model_copy(  # whatever a reused config said
-        update={"members": 1, "repeats": selection.repeats, "precision": training_precision(config)})
+        update={"members": 1, "repeats": selection.repeats, "precision": training_precision(config, device)})
     if resolved.kind == "mlp" and config.bag and len(selection.fold_heads) > 1:
         return HeadBag(selection.fold_heads), resolved.model_copy(update={"members": len(selection.fold_heads)}), None
     x, y = with_augmented(features, labels, extra)
-    head, log = fit_head_of(resolved.kind, x, y, num_classes, resolved, weights, log_dir, progress)
+    head, log = fit_head_of(resolved.kind, x, y, num_classes, resolved, weights, log_dir, progress, device=device)
     return head, resolved, log

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from graft.config import HeadConfig
+from graft.device import CPU, Device
 from graft.errors import ConfigError
 from graft.model.head import build_head
 from graft.rows import RowFile
@@ -63,22 +64,23 @@ def candidates(config: HeadConfig, images_per_class: float) -> list[Candidate]:
 
 def fit_head_of(kind: str, features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
                 weights: torch.Tensor | None, log_dir: Path, progress: bool = False,
-                start: nn.Sequential | None = None) -> tuple[nn.Sequential, Path | None]:
+                start: nn.Sequential | None = None, device: Device = CPU) -> tuple[nn.Sequential, Path | None]:
     """A head of ``kind`` with ``config``'s setting, trained on all of ``features``; with the MLP's epoch log.
     ``start``: a head of the same kind already fitted on the same rows at another setting (the grid's previous C),
-    whose standardisation is reused and whose solution the linear head's L-BFGS starts from."""
+    whose standardisation is reused and whose solution the linear head's L-BFGS starts from. ``device``: where it
+    trains; the head it returns is on the host."""
     if kind == "mlp":
-        return fit_head_epochs(features, labels, num_classes, config, weights, log_dir, "head", progress)
+        return fit_head_epochs(features, labels, num_classes, config, weights, log_dir, "head", progress, device)
     head = build_head(features.shape[1], num_classes, config.model_copy(update={"kind": kind}))
     if start is not None:
         head[0].load_state_dict(start[0].state_dict())
     else:
         fit_standardize(head[0], features)
     if kind == "prototype":
-        fit_prototypes(head[0], head[1], features, labels)
+        fit_prototypes(head[0], head[1], features, labels, device)
     else:
         fit_linear(head[1], features, labels, config.c, weights, ABSENT, head[0],
-                   start=start[1] if start is not None else None)
+                   start=start[1] if start is not None else None, device=device)
     return head.eval(), None
 
 
@@ -113,7 +115,7 @@ class OutOfFold:
 def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, folds: np.ndarray,
                 num_classes: int, config: HeadConfig, weights: torch.Tensor | None,
                 log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None,
-                score: Score | None = None, leader: float = math.inf) -> OutOfFold:
+                score: Score | None = None, leader: float = math.inf, device: Device = CPU) -> OutOfFold:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
     (nor any augmented view of it: ``extra`` rows train with their originals' fold), scored by ``score``. ``folds``
     is each row's fold, ``[n]``, or one row of folds per repeat, ``[R, n]``: a row's logits are then the log of its
@@ -135,7 +137,7 @@ def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fol
             fold_of_row = np.concatenate([folds, np.repeat(folds, extra.shape[1], axis=1)], axis=1)
         grid = sorted(int(c.value) for c in family)
         found = train_fold_heads(rows, row_labels, fold_of_row, features, folds, num_classes, grid, config, weights,
-                                 log_dir, lambda epochs: sink(Candidate("mlp", float(epochs))), score, leader)
+                                 log_dir, lambda epochs: sink(Candidate("mlp", float(epochs))), score, leader, device)
         named = {epochs: Candidate("mlp", float(epochs)) for epochs in grid}
         return OutOfFold({named[e]: s for e, s in found.scores.items()}, {named[e]: z for e, z in found.logits.items()},
                          {named[e]: h for e, h in found.heads.items()}, {named[e] for e in found.ties})
@@ -148,7 +150,7 @@ def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fol
             head = None  # the grid's previous head on these rows: a linear head starts from its solution
             for candidate in family:
                 head, _ = fit_head_of(candidate.kind, x, y, num_classes, candidate.config(config), weights, log_dir,
-                                      start=head)
+                                      start=head, device=device)
                 sinks[candidate].put(head, held_rows, positions)
     logits = {candidate: sink.result() for candidate, sink in sinks.items()}
     scores = {candidate: score(z) for candidate, z in logits.items()} if score is not None else {}

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from graft.config import GraftConfig
 from graft.data.manifest import ImageRecord, Manifest
+from graft.device import Device, resolve_device
 from graft.errors import ConfigError, DataError, RunError
 from graft.evaluation.evaluate import score
 from graft.evaluation.metrics import score_logits
@@ -87,11 +88,14 @@ def finetune(
     """
     files = RunFiles(run_dir)
     start = time.perf_counter()
-    classifier = load_run(files.root)
+    asked = (overrides or {}).get("device")
+    device = resolve_device(asked) if asked else None  # a GPU asked for and absent: an error before any work
+    classifier = load_run(files.root, "cpu")  # weights on the host; Lightning moves them to the device
     if isinstance(classifier.backbone, ConcatBackbone):
         raise ConfigError(f"{files.root} concatenates {classifier.backbone.name}; fine-tuning trains one backbone: "
                           "fine-tune a run of each and combine them with `graft ensemble`")
     config = classifier.config.updated(overrides or {})
+    classifier.device = device or resolve_device(config.device)  # the override's, else the run's setting
     settings = config.finetune
     manifest = read_manifest(files.root)
     train, val = _training_records(manifest, settings.min_vote), manifest.where("val").records
@@ -108,7 +112,7 @@ def finetune(
     else:  # an earlier fine-tuning's best epoch must never be taken for this one's (a budget can end before any)
         files.best_checkpoint.unlink(missing_ok=True)
     with quiet_lightning():
-        trainer = _trainer(files, config, progress, list(callbacks))
+        trainer = _trainer(files, config, progress, list(callbacks), classifier.device)
         # weights_only: a checkpoint is data; one that needs unpickling code is refused, never run
         trainer.fit(module, *_loaders(classifier, config, train, val, label_index),
                     ckpt_path=str(files.last_checkpoint) if resume else None, weights_only=True)
@@ -119,7 +123,8 @@ def finetune(
         return FineTuneResult(files.root, "head-only", {}, {}, trainer.current_epoch, time.perf_counter() - start, True)
     best = _best_checkpoint(files)
     module.load_state_dict(best["state_dict"])
-    trained = _TrainedModel(classifier, module, config, int(best["epoch"]), trainer.current_epoch, origin)
+    trained = _TrainedModel(classifier, module, config, int(best["epoch"]), trainer.current_epoch, origin,
+                            trainer.world_size)
     with writing(files):  # rank 0 only: what it writes makes the run either fully head-only or fully fine-tuned
         return _keep_better(files, trained, manifest, history, previous, time.perf_counter() - start)
 
@@ -151,17 +156,21 @@ def _module(classifier: Classifier, config: GraftConfig, train, val, label_index
 
 
 def _loaders(classifier: Classifier, config: GraftConfig, train, val, label_index) -> tuple[DataLoader, DataLoader]:
-    settings, data_config = config.finetune, classifier.backbone.data_config
+    """Decoding and augmentation in worker processes (on a GPU host, the cores' whole job), into page-locked batches
+    for a CUDA device."""
+    settings, data_config, device = config.finetune, classifier.backbone.data_config, classifier.device
     decisions = DecisionCache(config.views, config.features.cache_dir) if config.views.enabled else None
     training = Preparation(training_transform(data_config, settings.augment), data_config, config.views)
     train_set = ImageDataset(train, label_index, training, decisions)
     val_set = ImageDataset(val, label_index, classifier.preparations[0][1], decisions)
-    workers = default_workers() if settings.num_workers is None else settings.num_workers
-    common = {"batch_size": settings.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
+    workers = default_workers(device, settings.devices) if settings.num_workers is None else settings.num_workers
+    common = {"batch_size": settings.batch_size, "num_workers": workers, "persistent_workers": workers > 0,
+              "pin_memory": device.type == "cuda"}
     return DataLoader(train_set, shuffle=True, **common), DataLoader(val_set, shuffle=False, **common)
 
 
-def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra: list[Callback]) -> L.Trainer:
+def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra: list[Callback],
+             device: Device) -> L.Trainer:
     settings = config.finetune
     bar = sys.stdout.isatty() if progress is None else progress
     callbacks = [
@@ -177,9 +186,10 @@ def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra:
     ]
     distributed = settings.devices * settings.num_nodes > 1
     budget = timedelta(minutes=settings.max_minutes) if settings.max_minutes else None
-    return make_trainer(files.root, files.finetune.name, settings.epochs, callbacks, bar, devices=settings.devices,
-                        num_nodes=settings.num_nodes, strategy="ddp" if distributed else "auto",
-                        precision=settings.precision, max_time=budget)
+    return make_trainer(files.root, files.finetune.name, settings.epochs, callbacks, bar, device,
+                        devices=settings.devices, num_nodes=settings.num_nodes,
+                        strategy="ddp" if distributed else "auto", precision=device.precision(settings.precision),
+                        max_time=budget)
 
 
 CALIBRATION_KEYS = frozenset({"temperature", "ece_before", "ece_after", "nll_before", "nll_after"})
@@ -195,16 +205,20 @@ class _TrainedModel:
     best_epoch: int  # 0-based
     epochs: int
     start_head: str  # where the head fine-tuning started from came from (:func:`starting_head`)
+    processes: int = 1  # devices that trained it (DDP world size)
 
     def classifier(self) -> Classifier:
-        model = self.module.backbone.to(memory_format=torch.contiguous_format).eval()
+        """The fine-tuned model, its weights on the host (what is saved and identified), computing on the run's
+        device."""
+        model = self.module.backbone.cpu().to(memory_format=torch.contiguous_format).eval()
         layout = self.start.backbone.channels_last
         if layout:
             model = model.to(memory_format=torch.channels_last)
         original = self.start.backbone
         tuned = Backbone(original.name, model, original.pooling, weights_identity(model), original.data_config, layout)
         config = self.config.updated({"head.members": members_of(self.module.head)})  # a bag, or one start head
-        return Classifier(tuned, self.module.head.eval(), self.start.labels, config, taxonomy=self.start.taxonomy)
+        return Classifier(tuned, self.module.head.cpu().eval(), self.start.labels, config, taxonomy=self.start.taxonomy,
+                          device=self.start.device)
 
 
 def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, history: list[dict[str, str]],
@@ -218,7 +232,7 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     tuned_results = score(tuned, part.records, plain) | calibration
     tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
                       "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1),
-                      "start_head": trained.start_head}
+                      "start_head": trained.start_head, **tuned.device.describe(trained.processes)}
     head_only = previous.get("head_only", previous)
     choice = _validation_choice(files, manifest, trained, history, head_only, tuned_results)
     tuned_results |= choice

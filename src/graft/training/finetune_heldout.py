@@ -41,7 +41,8 @@ def starting_head(classifier: Classifier, manifest: Manifest, results: dict[str,
     x, y = labelled_features(train.without(feature_set.failures), feature_set, classifier.labels)
     weights = resolve_class_weights(head_config.class_weights, classifier.labels, y)
     with tempfile.TemporaryDirectory() as logs:
-        head, _ = fit_head_of(head_config.kind, x, y, len(classifier.labels), head_config, weights, Path(logs))
+        head, _ = fit_head_of(head_config.kind, x, y, len(classifier.labels), head_config, weights, Path(logs),
+                              device=classifier.device)
     return head, f"{head_config.kind} head trained on the train split (the run's learnt the validation split)"
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from graft.config import FineTuneConfig
 from graft.data.images import load_rgb
 from graft.data.manifest import ImageRecord
+from graft.device import CPU, Device
 from graft.errors import ImageError
 from graft.evaluation.metrics import UNKNOWN, observation_scores
 from graft.features.preparation import Preparation
@@ -205,9 +206,11 @@ class EpochLines(Callback):
             print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {shown}", flush=True)
 
 
-def default_workers() -> int:
-    """DataLoader worker processes for fine-tuning: none on <= 2 cores, where a worker only takes a core from torch's
-    threads (bench/extract.py measured 0.74-0.82 of raw with 1 worker, 0.86-0.94 with 0); else one per spare core,
-    up to 4."""
-    cores = os.cpu_count() or 1
+def default_workers(device: Device = CPU, processes: int = 1) -> int:
+    """DataLoader worker processes per training process. On a CPU: none on <= 2 cores, where a worker only takes a
+    core from torch's threads (bench/extract.py measured 0.74-0.82 of raw with 1 worker, 0.86-0.94 with 0); else one
+    per spare core, up to 4. On a GPU the cores do nothing but decode and augment: all of a process's share but one."""
+    cores = (os.cpu_count() or 1) // max(1, processes)
+    if device.is_gpu:
+        return max(1, cores - 1)
     return 0 if cores <= 2 else min(4, cores - 1)

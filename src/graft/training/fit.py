@@ -25,6 +25,7 @@ from graft.config import GraftConfig
 from graft.data.manifest import Manifest, load_manifest
 from graft.data.splits import assign_splits, check_trainable
 from graft.data.taxonomy import taxonomy_of
+from graft.device import Device, resolve_device
 from graft.errors import ConfigError
 from graft.evaluation.evaluate import ms_per_observation, score
 from graft.evaluation.metrics import fusion_rule_rows, label_indices, score_logits
@@ -94,18 +95,20 @@ def fit(
         >>> result.results["S"], result.results["top1"]
     """
     config = config or GraftConfig()
+    device = resolve_device(config.device)  # before any work: a GPU asked for and absent is a one-line error
     files = RunFiles(out)
     manifest, warnings = prepare_manifest(data, config)
     backbone = create_backbone(**config.backbone.model_dump())
     with writing(files):
-        results, problems, later = _fit_into(files, manifest, backbone, config, progress)
+        results, problems, later = _fit_into(files, manifest, backbone, config, progress, device)
     return RunResult(files.root, results, warnings + [w for w in later if w not in warnings], problems)
 
 
-def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig,
-              progress: bool) -> tuple[dict[str, Any], list[str], list[str]]:
+def _fit_into(files: RunFiles, manifest: Manifest, backbone, config: GraftConfig, progress: bool,
+              device: Device) -> tuple[dict[str, Any], list[str], list[str]]:
     """Extraction, head, calibration, scoring and writing, while ``fit`` holds the run directory."""
-    classifier = Classifier(backbone, nn.Identity(), [], config, taxonomy=taxonomy_of(manifest, config.data.taxonomy))
+    classifier = Classifier(backbone, nn.Identity(), [], config, taxonomy=taxonomy_of(manifest, config.data.taxonomy),
+                            device=device)
     with _feature_rows(manifest, backbone, config) as rows_to:
         feature_set = classifier.manifest_features(manifest, progress, tta=(), rows_to=rows_to)
         return _fit_on(files, manifest, classifier, feature_set, config, progress)
@@ -136,12 +139,13 @@ def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature
     evaluated = evaluation_part(manifest)
     if config.head.selection == "holdout":
         classifier.labels = sorted({r.label for r in manifest.where("train")})
-        trained = _holdout(manifest, feature_set, classifier.labels, config, files, progress)
+        trained = _holdout(manifest, feature_set, classifier.labels, config, files, progress, classifier.device)
     else:
         training = manifest.without([r.path for r in evaluated])
         classifier.labels = sorted({r.label for r in training})
         augmented = _augmented_views(classifier, training, config, progress) if config.features.train_views else None
-        trained = _crossfit(training, feature_set, classifier.labels, config, files, progress, augmented)
+        trained = _crossfit(training, feature_set, classifier.labels, config, files, progress, classifier.device,
+                            augmented)
     classifier.head, classifier.config = trained.head, trained.config
     plain = feature_set.rows_for([r.path for r in evaluated])  # single view: what calibration is measured on
     calibration: dict[str, Any] = {"calibration": "off"}
@@ -159,6 +163,7 @@ def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature
         **calibration,
         "images_per_second": classifier.measure_throughput(evaluated),
         "backbone": backbone.name,
+        **classifier.device.describe(),
         "head": trained.config.head.kind,
         "head_members": trained.config.head.members,  # > 1: the MLP is its R x K fold heads, averaged (head.bag)
         "head_repeats": trained.config.head.repeats,  # cross-fitting's repeats (head.repeats, resolved)
@@ -190,11 +195,11 @@ def _augmented_views(classifier: Classifier, training: Manifest, config: GraftCo
     with progress_bar("Augmented views", progress) as report:
         return extract_features([r.path for r in training], classifier.backbone, config.features,
                                 views=[r.view for r in training], view_config=config.views, tta=names,
-                                progress=report, augment=config.finetune.augment)
+                                progress=report, augment=config.finetune.augment, device=classifier.device)
 
 
 def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
-              progress: bool, augmented: FeatureSet | None = None) -> TrainedHead:
+              progress: bool, device: Device, augmented: FeatureSet | None = None) -> TrainedHead:
     start = time.perf_counter()
     known = set(labels)
     records = [r for r in training if r.label in known]
@@ -203,8 +208,9 @@ def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], co
     weights = resolve_class_weights(config.head.class_weights, labels, y)
     fusion = "mean" if config.predict.fusion == "auto" else config.predict.fusion  # candidates are scored with it
     scratch = x.path.parent if isinstance(x, RowFile) else None  # streaming: logits go beside the features
-    selection = cross_fit(x, y, records, labels, config.head, weights, fusion, extra, scratch)
-    head, resolved, log = final_head(selection, x, y, len(labels), config.head, weights, files.root, progress, extra)
+    selection = cross_fit(x, y, records, labels, config.head, weights, fusion, extra, scratch, device)
+    head, resolved, log = final_head(selection, x, y, len(labels), config.head, weights, files.root, progress, extra,
+                                     device)
     write_out_of_fold(files, [r.path for r in records], selection.logits, selection.fold)
     rules = fusion_rule_rows(selection.logits, records, labels)
     config = _resolved_fusion(config, rules)
@@ -264,7 +270,7 @@ def _history(files: RunFiles, head: nn.Module, log: Path | None, x: Rows, y: np.
 
 
 def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
-             progress: bool) -> TrainedHead:
+             progress: bool, device: Device) -> TrainedHead:
     """The previous default: early stopping on the validation split, then a refit on train+val with a test part."""
     config = config.model_copy(update={"head": config.head.model_copy(update={"kind": "mlp", "members": 1})})
     train = labelled_features(manifest.where("train"), feature_set, labels)
@@ -272,7 +278,7 @@ def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], con
     val = labelled_features(val_part, feature_set, labels)
     head_fit = fit_head(train, val, len(labels), config.head, files.root, progress,
                         refit=config.head.refit and bool(manifest.where("test").records),
-                        weights=resolve_class_weights(config.head.class_weights, labels, train[1]))
+                        weights=resolve_class_weights(config.head.class_weights, labels, train[1]), device=device)
     val_logits = predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part]))
     held_out = None if head_fit.refit_epochs else (predict_logits(head_fit.holdout_head, val[0]), val[1])
     results = {"fusion_rules_on_val": fusion_rule_rows(val_logits, val_part.records, labels),

@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
 from graft.config import HeadConfig
+from graft.device import CPU, Device
 from graft.model.head import build_head
 from graft.training.head import HeadModule, fit_module, train_loader, training_precision
 from graft.training.lightning import quiet_lightning
@@ -99,13 +100,13 @@ class _GridScores(Callback):
                 discard(self.result.logits.pop(best))
                 self.result.heads.pop(best)
         self.result.logits[epochs] = logits
-        self.result.heads[epochs] = [copy.deepcopy(head).eval() for head in module.head]
+        self.result.heads[epochs] = [copy.deepcopy(head).cpu().eval() for head in module.head]  # kept on the host
 
 
 def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, held: Rows, folds: np.ndarray,
                      num_classes: int, grid: list[int], config: HeadConfig, weights: torch.Tensor | None,
                      log_dir: Path, sink: Callable[[int], LogitSink], score: Score | None = None,
-                     leader: float = math.inf) -> GridResult:
+                     leader: float = math.inf, device: Device = CPU) -> GridResult:
     """Per repeat r (a row of ``folds`` ``[R, n]`` and ``fold_of_row``), fold k's head trains on the ``rows`` whose
     ``fold_of_row`` is not k (augmented copies carry their original's fold) and predicts the ``held`` rows whose
     fold is k: the out-of-fold logits of each count in ``grid`` (ascending), into ``sink(count)``, which averages
@@ -126,5 +127,5 @@ def train_fold_heads(rows: Rows, labels: np.ndarray, fold_of_row: np.ndarray, he
     with quiet_lightning():  # its pytree deprecation chatter
         combined = CombinedLoader(loaders, mode="max_size")
     fit_module(FoldHeads(heads, config, weights), combined, None, max(grid), log_dir, "folds", [scores], False,
-               training_precision(config))
+               training_precision(config, device), device)
     return result

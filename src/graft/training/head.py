@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, SubsetRandomSampler, TensorDataset
 
 from graft.config import HeadConfig
+from graft.device import CPU, Device
 from graft.errors import ConfigError
 from graft.model.head import build_head
 from graft.rows import RowFile
@@ -109,6 +110,7 @@ def fit_head(
     progress: bool = False,
     refit: bool = False,
     weights: torch.Tensor | None = None,
+    device: Device = CPU,
 ) -> HeadFit:
     """Train a head on (features, label indices) pairs; return it with the best validation-loss weights restored.
 
@@ -121,17 +123,17 @@ def fit_head(
     checkpoint = ModelCheckpoint(dirpath=log_dir / "checkpoints", filename="head-best", monitor="val_loss",
                                  save_weights_only=True)  # the optimizer state is never resumed here
     callbacks = [checkpoint, EarlyStopping(monitor="val_loss", patience=config.patience)]
-    trainer = _train(module, train, val, config.epochs, config, log_dir, "head", callbacks, progress)
+    trainer = _train(module, train, val, config.epochs, config, log_dir, "head", callbacks, progress, device)
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(best["state_dict"])
+    module.cpu().load_state_dict(best["state_dict"])
     best_epoch, refit_epochs = int(best["epoch"]), 0
     holdout_head = copy.deepcopy(module.head).eval()
     if refit:
         refit_epochs = max(best_epoch + 1, config.min_epochs)
         both = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
         module = _module(both, num_classes, config, weights)
-        _train(module, both, None, refit_epochs, config, log_dir, "head-refit", [], progress)
-    module.head.eval()
+        _train(module, both, None, refit_epochs, config, log_dir, "head-refit", [], progress, device)
+    module.head.cpu().eval()
     seconds = time.perf_counter() - start
     csv_path = Path(trainer.logger.log_dir) / "metrics.csv"
     return HeadFit(module.head, csv_path, best_epoch, trainer.current_epoch, seconds, refit_epochs, holdout_head)
@@ -139,12 +141,12 @@ def fit_head(
 
 def fit_head_epochs(features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
                     weights: torch.Tensor | None, log_dir: Path, version: str,
-                    progress: bool = False) -> tuple[nn.Sequential, Path]:
+                    progress: bool = False, device: Device = CPU) -> tuple[nn.Sequential, Path]:
     """The MLP trained for exactly ``config.epochs`` epochs on all of (features, labels), no validation: the
-    cross-fitting chose the count. Returns the head and its CSV log (one row per epoch)."""
+    cross-fitting chose the count. Returns the head (on the host) and its CSV log (one row per epoch)."""
     module = _module((features, labels), num_classes, config.model_copy(update={"kind": "mlp"}), weights)
-    trainer = _train(module, (features, labels), None, config.epochs, config, log_dir, version, [], progress)
-    return module.head.eval(), Path(trainer.logger.log_dir) / "metrics.csv"
+    trainer = _train(module, (features, labels), None, config.epochs, config, log_dir, version, [], progress, device)
+    return module.head.cpu().eval(), Path(trainer.logger.log_dir) / "metrics.csv"
 
 
 def _module(train: tuple[np.ndarray, np.ndarray], num_classes: int, config: HeadConfig,
@@ -172,29 +174,31 @@ def train_loader(rows: Rows, labels: np.ndarray, batch_size: int, seed: int,
     return DataLoader(data, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False))
 
 
-def _train(module, train, val, epochs, config, log_dir, version, callbacks, progress) -> L.Trainer:
+def _train(module, train, val, epochs, config, log_dir, version, callbacks, progress, device) -> L.Trainer:
     val_loader = DataLoader(_tensors(val), batch_size=None, sampler=BatchSampler(SequentialSampler(range(len(val[1]))),
                             1024, drop_last=False)) if val is not None else None
     return fit_module(module, train_loader(*train, config.batch_size, config.seed), val_loader, epochs, log_dir,
-                      version, callbacks, progress, training_precision(config))
+                      version, callbacks, progress, training_precision(config, device), device)
 
 
-def training_precision(config: HeadConfig) -> str:
-    """Lightning's precision for ``config.precision`` (auto: bf16 matmuls where the CPU has bf16 instructions)."""
-    if config.precision != "auto":
-        return config.precision
+def training_precision(config: HeadConfig, device: Device = CPU) -> str:
+    """Lightning's precision for ``config.precision`` (auto: bf16 matmuls where the device multiplies bfloat16
+    natively: a GPU that does, a CPU with AVX512-BF16 or AMX)."""
+    if config.precision != "auto" or device.is_gpu:
+        return device.precision(config.precision)
     native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
         torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return "bf16-mixed" if native else "32-true"
 
 
 def fit_module(module: L.LightningModule, train: DataLoader | CombinedLoader, val: DataLoader | None, epochs: int,
-               log_dir: Path, version: str, callbacks: list, progress: bool, precision: str = "32-true") -> L.Trainer:
-    """``module`` trained for at most ``epochs`` epochs, logged to ``log_dir/version/metrics.csv``."""
+               log_dir: Path, version: str, callbacks: list, progress: bool, precision: str = "32-true",
+               device: Device = CPU) -> L.Trainer:
+    """``module`` trained on ``device`` for at most ``epochs`` epochs, logged to ``log_dir/version/metrics.csv``."""
     with quiet_lightning():
         # Lightning's default checkpoint writes the head after every epoch; only the held-out run keeps one (~9% of
         # a 40-epoch fold here)
-        trainer = make_trainer(log_dir, version, epochs, callbacks, progress, devices=1,
+        trainer = make_trainer(log_dir, version, epochs, callbacks, progress, device,
                                limit_val_batches=1.0 if val is not None else 0,
                                enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
                                precision=precision)

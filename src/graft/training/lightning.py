@@ -11,13 +11,16 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
+from graft.device import Device
+
 
 def make_trainer(log_dir: Path, version: str, max_epochs: int, callbacks: list[Callback], progress: bool,
-                 **options: Any) -> L.Trainer:
-    """A CPU trainer logging one CSV row per epoch to ``log_dir/version/metrics.csv``; ``options`` go to Lightning."""
+                 device: Device, devices: int = 1, **options: Any) -> L.Trainer:
+    """A trainer on ``device`` (``devices`` of them: DDP processes when more than one) logging one CSV row per epoch to
+    ``log_dir/version/metrics.csv``; ``options`` go to Lightning."""
     return L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", callbacks=callbacks,
-        logger=CSVLogger(str(log_dir), name="", version=version), enable_progress_bar=progress,
+        max_epochs=max_epochs, accelerator=device.accelerator, devices=device.lightning_devices(devices),
+        callbacks=callbacks, logger=CSVLogger(str(log_dir), name="", version=version), enable_progress_bar=progress,
         enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0, **options,
     )
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
+from graft.device import CPU, Device
 from graft.model.fusion import softmax
 from graft.model.head import Prototypes, Standardize, predict_logits
 from graft.rows import RowFile, RowWriter
@@ -58,20 +60,25 @@ def fit_standardize(layer: Standardize, rows: Rows) -> None:
         layer.fit(torch.as_tensor(rows, dtype=torch.float32))
 
 
-def fit_prototypes(standardize: Standardize, prototypes: Prototypes, rows: Rows, labels: np.ndarray) -> None:
+def fit_prototypes(standardize: Standardize, prototypes: Prototypes, rows: Rows, labels: np.ndarray,
+                   device: Device = CPU) -> None:
     """Each class's prototype: the normalised sum of its normalised, standardised rows - the normalised mean; a class
-    without rows gets none. A block at a time, so rows on disk and in memory give the same prototypes."""
-    sums = torch.zeros_like(prototypes.prototypes)
+    without rows gets none. A block at a time (summed on ``device``), so rows on disk and in memory give the same
+    prototypes."""
+    on = device.torch()
+    sums = torch.zeros_like(prototypes.prototypes, device=on)
+    scaler = copy.deepcopy(standardize).to(on)
     with torch.no_grad():
         for index, block in blocks_of(rows):
-            unit = nn.functional.normalize(standardize(torch.as_tensor(block)), dim=1)
-            sums.index_add_(0, torch.as_tensor(labels[index]), unit)
+            unit = nn.functional.normalize(scaler(torch.as_tensor(block).to(on)), dim=1)
+            sums.index_add_(0, torch.as_tensor(labels[index], device=on), unit)
         present = sums.norm(dim=1) > 0
-        prototypes.prototypes.copy_(torch.where(present[:, None], nn.functional.normalize(sums, dim=1), 0.0))
+        prototypes.prototypes.copy_(torch.where(present[:, None], nn.functional.normalize(sums, dim=1), 0.0).cpu())
 
 
 def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weights: torch.Tensor | None,
-               absent: float, standardize: nn.Module, max_iter: int = 300, start: nn.Linear | None = None) -> int:
+               absent: float, standardize: nn.Module, max_iter: int = 300, start: nn.Linear | None = None,
+               device: Device = CPU) -> int:
     """Multinomial logistic regression over the classes present in ``labels`` on ``standardize``d rows; the absent
     classes get logit ``absent``. The objective is scikit-learn's (class-weighted mean cross-entropy +
     ``|W|^2 / 2Cn``), minimised by full-batch L-BFGS in float32 to scikit-learn's default gradient tolerance, 1e-4:
@@ -83,21 +90,24 @@ def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weig
     against scikit-learn's 0.64 - and the final head, fitted from zero, was not the head cross-fitting had scored.
     ``start``: a linear head fitted on the same rows at another C (the previous point of the C grid), whose solution
     L-BFGS starts from: the problem is convex, so the optimum is the same, reached in fewer evaluations.
+    ``device``: where the products run (rows in memory are copied there once; blocks on disk one at a time).
     Returns the number of loss/gradient evaluations."""
-    if not isinstance(rows, RowFile):  # in memory: standardised once, not at every evaluation
+    on = device.torch()
+    standardize = copy.deepcopy(standardize).to(on)
+    if not isinstance(rows, RowFile):  # in memory: standardised once, on the device, not at every evaluation
         with torch.no_grad():
-            rows, standardize = standardize(torch.as_tensor(rows, dtype=torch.float32)).numpy(), nn.Identity()
+            rows, standardize = standardize(torch.as_tensor(rows, dtype=torch.float32).to(on)), nn.Identity()
     present = np.unique(labels)
     remap = np.full(linear.out_features, -1)
     remap[present] = np.arange(len(present))
     if start is None:
-        weight, bias = torch.zeros(len(present), rows.shape[1]), torch.zeros(len(present))
+        weight, bias = torch.zeros(len(present), rows.shape[1], device=on), torch.zeros(len(present), device=on)
     else:
         kept = torch.as_tensor(present)
-        weight, bias = start.weight.detach()[kept].clone(), start.bias.detach()[kept].clone()
+        weight, bias = start.weight.detach()[kept].clone().to(on), start.bias.detach()[kept].clone().to(on)
     weight.requires_grad_()
     bias.requires_grad_()
-    class_weight = weights[present].float() if weights is not None else None
+    class_weight = weights[present].float().to(on) if weights is not None else None
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-4,
                                   tolerance_change=1e-9, history_size=10, line_search_fn="strong_wolfe")
     n = len(rows)
@@ -109,8 +119,8 @@ def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weig
         total = total.detach()
         for index, block in blocks_of(rows):
             with torch.no_grad():
-                x = standardize(torch.from_numpy(block))
-            target = torch.as_tensor(remap[labels[index]])
+                x = standardize(torch.as_tensor(block).to(on))
+            target = torch.as_tensor(remap[labels[index]], device=on)
             loss = nn.functional.cross_entropy(x @ weight.T + bias, target, weight=class_weight, reduction="sum") / n
             loss.backward()
             total = total + loss.detach()
@@ -120,8 +130,8 @@ def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weig
     with torch.no_grad():
         linear.weight.zero_()
         linear.bias.fill_(absent)
-        linear.weight[torch.as_tensor(present)] = weight.detach()
-        linear.bias[torch.as_tensor(present)] = bias.detach()
+        linear.weight[torch.as_tensor(present)] = weight.detach().cpu()
+        linear.bias[torch.as_tensor(present)] = bias.detach().cpu()
     return optimizer.state[weight]["func_evals"]
 
 
