@@ -34,9 +34,13 @@ class DataConfig(_Section):
 
 
 class BackboneConfig(_Section):
-    name: str = "tf_efficientnet_lite0"
+    name: str = Field(
+        "tf_efficientnet_lite0", description="A timm name, hf-hub:ORG/NAME, local-dir:/path or open_clip:NAME; "
+        "a+b concatenates two backbones' features (`graft backbones` lists them).")
     weights: str | None = Field(None, description="Local .pth/.safetensors file; None = offline package or the hub.")
-    pooling: Literal["avg", "max"] = "avg"
+    pooling: Literal["auto", "avg", "max", "token"] = Field(
+        "auto", description="auto = the pooling the weights were trained with (the class token for ViTs, the "
+        "average for CNNs); another changes the features.")
     pretrained: bool = Field(True, description="False = seeded random weights (tests, smoke runs).")
     channels_last: bool = Field(
         True, description="NHWC memory layout: 1.4-1.5x faster CPU inference here (bench/finetune.py, bench/extract.py)."
@@ -198,11 +202,20 @@ class FineTuneConfig(_Section):
     max_minutes: float | None = Field(
         None, gt=0, description="Wall-clock budget: training stops when it runs out and the best finished epoch is "
         "kept (minutes x cores = CPU minutes). None = no budget.")
-    lr: float = Field(
-        1e-4, gt=0, description="SGD LR; 1e-3 (momentum 0.9, batch 16) wrecked the Lite0 head on leafsnap in 1 epoch."
-    )
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["auto", "sgd", "adamw"] = Field(
+        "auto", description="auto: sgd for networks with BatchNorm (EfficientNet, MobileNet, ResNet), adamw with "
+        "layer-wise LR decay and warm-up for LayerNorm ones (ViT, DINOv2, ConvNeXt, CLIP towers): how each family is "
+        "fine-tuned in its papers (graft.training.optimizers).")
+    lr: float | None = Field(
+        None, gt=0, description="None: the optimizer's, sgd 1e-4 (1e-3 at batch 16 wrecked the Lite0 head on "
+        "leafsnap in 1 epoch), adamw 3e-5.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum.")
+    weight_decay: float | None = Field(None, ge=0, description="None: sgd 1e-4, adamw 0.05 (weights only).")
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="Layer-wise LR decay: block i of n trains at lr x decay^(n - i); None: adamw "
+        "0.75, sgd 1 (off).")
+    warmup_epochs: float | None = Field(
+        None, ge=0, description="Linear LR warm-up over this many epochs; None: adamw 1, sgd 0.")
     backbone_lr_scale: float = Field(1.0, gt=0, description="Backbone LR = lr x this (e.g. 0.1 to move it less).")
     train_blocks: int | None = Field(None, ge=0, description="Train only the top N backbone stages; None = all.")
     freeze_bn: bool = Field(True, description="Keep BatchNorm in inference mode (Keras' transfer-learning advice).")

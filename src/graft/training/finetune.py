@@ -12,7 +12,7 @@ import copy
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from graft.evaluation.evaluate import score
 from graft.evaluation.metrics import score_logits
 from graft.features.augment import training_transform
 from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
-from graft.features.preparation import Preparation
+from graft.features.preparation import Preparation, decode_side
 from graft.model.classifier import Classifier
 from graft.model.head import members_of
 from graft.run import (
@@ -60,6 +60,7 @@ from graft.training.finetune_module import (
 from graft.training.head import resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, read_rows
 from graft.training.lightning import make_trainer, quiet_lightning
+from graft.training.optimizers import WarmUp
 from graft.views.decisions import DecisionCache
 
 
@@ -112,7 +113,7 @@ def finetune(
     else:  # an earlier fine-tuning's best epoch must never be taken for this one's (a budget can end before any)
         files.best_checkpoint.unlink(missing_ok=True)
     with quiet_lightning():
-        trainer = _trainer(files, config, progress, list(callbacks), classifier.device)
+        trainer = _trainer(files, config, progress, list(callbacks), classifier.device, module.plan.warmup_epochs)
         # weights_only: a checkpoint is data; one that needs unpickling code is refused, never run
         trainer.fit(module, *_loaders(classifier, config, train, val, label_index),
                     ckpt_path=str(files.last_checkpoint) if resume else None, weights_only=True)
@@ -160,7 +161,8 @@ def _loaders(classifier: Classifier, config: GraftConfig, train, val, label_inde
     for a CUDA device."""
     settings, data_config, device = config.finetune, classifier.backbone.data_config, classifier.device
     decisions = DecisionCache(config.views, config.features.cache_dir) if config.views.enabled else None
-    training = Preparation(training_transform(data_config, settings.augment), data_config, config.views)
+    training = Preparation(training_transform(data_config, settings.augment), data_config, config.views,
+                           decode_side(data_config, config.features.decode))
     train_set = ImageDataset(train, label_index, training, decisions)
     val_set = ImageDataset(val, label_index, classifier.preparations[0][1], decisions)
     workers = default_workers(device, settings.devices) if settings.num_workers is None else settings.num_workers
@@ -170,7 +172,7 @@ def _loaders(classifier: Classifier, config: GraftConfig, train, val, label_inde
 
 
 def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra: list[Callback],
-             device: Device) -> L.Trainer:
+             device: Device, warmup_epochs: float = 0.0) -> L.Trainer:
     settings = config.finetune
     bar = sys.stdout.isatty() if progress is None else progress
     callbacks = [
@@ -181,6 +183,7 @@ def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra:
                         enable_version_counter=False),
         EarlyStopping(monitor="val_loss", patience=settings.patience),
         LearningRateMonitor(logging_interval="epoch"),
+        WarmUp(warmup_epochs),
         *([] if bar else [EpochLines()]),
         *extra,
     ]
@@ -232,7 +235,8 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     tuned_results = score(tuned, part.records, plain) | calibration
     tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
                       "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1),
-                      "start_head": trained.start_head, **tuned.device.describe(trained.processes)}
+                      "start_head": trained.start_head, "optimizer": asdict(trained.module.plan),
+                      **tuned.device.describe(trained.processes)}
     head_only = previous.get("head_only", previous)
     choice = _validation_choice(files, manifest, trained, history, head_only, tuned_results)
     tuned_results |= choice

@@ -1,7 +1,8 @@
 """Stage 4 (seed 002, step 3): put the trained head on the backbone and train the whole network further.
 
-SGD with momentum at a low learning rate, so the pretrained features are adjusted rather than overwritten (the
-seed's reason for not using Adam here). Lightning runs the loop: ReduceLROnPlateau and EarlyStopping on validation
+At a low learning rate, so the pretrained features are adjusted rather than overwritten: SGD with momentum for
+BatchNorm networks (the seed's reason for not using Adam there), AdamW with layer-wise decay and warm-up for
+LayerNorm ones (:mod:`graft.training.optimizers`). Lightning runs the loop: ReduceLROnPlateau and EarlyStopping on validation
 loss, the best weights restored, a checkpoint every epoch for ``--resume``, one CSV row per epoch. Under DDP the
 validation predictions of all ranks are gathered and de-duplicated by image index before S and top-k are computed,
 so the padding a DistributedSampler adds is never counted twice.
@@ -30,6 +31,7 @@ from graft.errors import ImageError
 from graft.evaluation.metrics import UNKNOWN, observation_scores
 from graft.features.preparation import Preparation
 from graft.model.head import Standardize
+from graft.training.optimizers import make_optimizer, plan
 from graft.views.decisions import DecisionCache
 
 IGNORE = UNKNOWN  # label of an image that could not be decoded: contributes nothing
@@ -38,7 +40,9 @@ IGNORE = UNKNOWN  # label of an image that could not be decoded: contributes not
 class ImageDataset(Dataset):
     """(image tensor, label index, dataset index); a broken image yields zeros with label IGNORE, never a crash.
 
-    Images go through the shared preparation path; per-view crops come from ``decisions`` (cached) when given.
+    Images go through the shared preparation path - decoded as extraction and serving decode them (JPEGs only down
+    to the side the framing needs, ``features.decode``) - and per-view crops come from ``decisions`` (cached) when
+    given.
     """
 
     def __init__(self, records: list[ImageRecord], label_index: dict[str, int], preparation: Preparation,
@@ -52,7 +56,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         try:
-            image = load_rgb(record.path)
+            image = load_rgb(record.path, min_side=self.preparation.side_for(record.view))
             decision = self.decisions.decision(image, record.path, record.view) if self.decisions else None
             tensor, _ = self.preparation.prepare(image, record.view, decision=decision)
             return tensor[0], self.label_index.get(record.label, IGNORE), index
@@ -87,6 +91,7 @@ class FineTuneModule(L.LightningModule):
         self.backbone, self.head, self.config, self.info = backbone, head, config, info
         self.loss = nn.CrossEntropyLoss(weight=class_weights, ignore_index=IGNORE)
         self._frozen = freeze_lower_stages(backbone, config.train_blocks)
+        self.plan = plan(config, backbone)  # the family's optimizer, resolved once (results.json records it)
         self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if config.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
@@ -127,8 +132,8 @@ class FineTuneModule(L.LightningModule):
         images, labels, _ = batch
         logits = self.training_forward(images)
         loss = self.loss(logits.float(), labels)
-        known = labels != IGNORE
-        accuracy = (logits.argmax(1)[known] == labels[known]).float().mean() if known.any() else torch.tensor(0.0)
+        known = labels != IGNORE  # no Python branch on it: that would wait for the GPU at every step
+        accuracy = ((logits.argmax(1) == labels) & known).sum() / known.sum().clamp_min(1)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(labels))
         self.log("train_acc", accuracy, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
         return loss
@@ -156,12 +161,7 @@ class FineTuneModule(L.LightningModule):
         self.log("val_acc", metrics["val_image_top1"])  # the same curve name as the head stage
 
     def configure_optimizers(self):
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        groups = [{"params": self.head.parameters(), "lr": self.config.lr}]
-        if backbone:
-            groups.append({"params": backbone, "lr": self.config.lr * self.config.backbone_lr_scale})
-        optimizer = torch.optim.SGD(groups, lr=self.config.lr, momentum=self.config.momentum,
-                                    weight_decay=self.config.weight_decay)
+        optimizer, _ = make_optimizer(self.backbone, self.head, self.config)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.config.plateau_factor, patience=self.config.plateau_patience)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
