@@ -62,14 +62,16 @@ def test_every_family_goes_through_every_stage(name, size, folder_data, tiny_con
     assert results["backbone"] == name and 0 <= results["S"] <= 1
     described = json.loads((run / "backbone.json").read_text())
     assert described["data_config"]["input_size"] == [3, size, size]
-    # export: the graph computes what torch computes
+    # predict before any export: the backbone's graph from the feature cache and the head in numpy, no torch
+    photos = sorted(folder_data.rglob("*.png"))[:2]
+    by_graph, by_torch = (identify(load_engine(run, engine, device="cpu"), photos) for engine in ("auto", "torch"))
+    assert by_graph.engine == "onnx" and by_torch.engine == "torch"
+    assert [r.label for r in by_graph.ranking] == [r.label for r in by_torch.ranking]
+    # export: the graph computes what torch computes, and predict takes it
     images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
     assert onnx_logits_equal_torch(run, images) < 1e-4
-    # predict: the export and the run itself rank alike
-    photos = sorted(folder_data.rglob("*.png"))[:2]
-    by_onnx, by_torch = (identify(load_engine(run, engine, device="cpu"), photos) for engine in ("onnx", "torch"))
-    assert by_onnx.engine == "onnx" and by_torch.engine == "torch"
-    assert [r.label for r in by_onnx.ranking] == [r.label for r in by_torch.ranking]
+    by_export = identify(load_engine(run, "onnx", device="cpu"), photos)
+    assert [r.label for r in by_export.ranking] == [r.label for r in by_torch.ranking]
     # fine-tune: one epoch with the family's optimizer; the run still loads and answers
     tuned = finetune(run, {"finetune.epochs": 1}, progress=False)
     assert tuned.finetuned["optimizer"]["kind"] == FAMILIES[name]
@@ -81,8 +83,11 @@ def test_every_family_goes_through_every_stage(name, size, folder_data, tiny_con
             if client.get("/health").status_code == 200:
                 break
             time.sleep(0.05)
-        answer = client.post("/identify", files=[("files", (photos[0].name, photos[0].read_bytes(), "image/png"))])
+        upload = [("files", (photos[0].name, photos[0].read_bytes(), "image/png"))]
+        answer = client.post("/identify", files=upload)
+        plantnet = client.post("/v2/identify/all", files=[("images", upload[0][1])], data={"organs": "auto"})
     assert answer.status_code == 200 and answer.json()["ranking"]
+    assert plantnet.status_code == 200 and plantnet.json()["results"]  # the Pl@ntNet-compatible API
 
 
 def test_a_standard_vit_checkpoint_loads_whole_at_any_size(tmp_path):
