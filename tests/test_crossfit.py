@@ -18,6 +18,7 @@ from graft.model.head import HeadBag, Standardize, predict_logits
 from graft.run import RunFiles, load_run, read_manifest, read_out_of_fold
 from graft.tables import head_selection_table
 from graft.training import crossfit
+from graft.training.choice import robust_choice
 from graft.training.crossfit import REPEATS_AUTO, fold_of, repeat_seed, repeats_for
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
 from graft.training.fit import fit
@@ -74,17 +75,20 @@ def test_out_of_fold_rows_come_from_heads_that_never_saw_their_observation(repea
         assert (oof.argmax(1) == y).mean() < 0.5, family
 
 
-def test_repeated_out_of_fold_logits_are_the_log_of_each_repeats_mean_probability(tmp_path):
+def test_families_that_ship_one_refit_are_cross_fitted_once_and_the_mlp_in_every_repeat(tmp_path):
     x, y, _ = noise_in_three_folds()
     recs = records(n_labels=3, observations=6, images=2)
     folds = np.stack([fold_of(recs, 3, seed=repeat_seed(7, r)) for r in range(3)])
     assert repeat_seed(7, 0) == 7 and len({f.tobytes() for f in folds}) == 3  # each repeat its own folds
     family = [Candidate("linear", 1.0), Candidate("prototype", 20.0)]
     repeated = out_of_fold(family, x, y, folds, 3, HeadConfig(), None, tmp_path).logits
-    for candidate in family:
-        each = [out_of_fold(family, x, y, f, 3, HeadConfig(), None, tmp_path).logits[candidate] for f in folds]
-        mean = np.mean([softmax(z) for z in each], axis=0)
-        assert np.allclose(repeated[candidate], np.log(mean), atol=1e-5)
+    for candidate in family:  # one refit ships: the first repeat's fold heads predict it, the others would cost 2x more
+        once = out_of_fold(family, x, y, folds[0], 3, HeadConfig(), None, tmp_path).logits[candidate]
+        assert np.allclose(repeated[candidate], once, atol=1e-6)
+    mlp = [Candidate("mlp", 2.0)]
+    found = out_of_fold(mlp, x, y, folds, 3, HeadConfig(width=8, epochs=2), None, tmp_path)
+    assert len(found.fold_heads[mlp[0]]) == 9  # 3 repeats x 3 folds: the bag it ships
+    assert np.allclose(softmax(found.logits[mlp[0]]).sum(1), 1.0, atol=1e-5)  # the log of a mean probability
 
 
 def test_auto_repeats_cross_fitting_on_few_shot_data_in_memory_only(tmp_path):
@@ -161,12 +165,19 @@ def test_an_mlp_count_must_beat_the_best_by_more_than_the_grids_min_gain(tmp_pat
 
 
 def scripted_cross_fit(monkeypatch, scores: list[float], **config) -> crossfit.Selection:
-    """cross_fit on noise_in_three_folds' rows, its candidates scored in turn by ``scores`` (linear and prototype
-    first, then the MLP's counts), with a grid of epochs 1, 2, 3."""
+    """cross_fit on noise_in_three_folds' rows, its candidates scored in turn by ``scores`` (the linear head first,
+    then the MLP's counts), with a grid of epochs 1, 2, 3; every fold scores alike, so no two S are level."""
     x, y, _ = noise_in_three_folds()
     recs = records(n_labels=3, observations=6, images=2)  # the records those rows belong to
     scripted = iter(scores)
-    monkeypatch.setattr(crossfit, "score_logits", lambda *_: {"S": next(scripted), "top1": 0, "top3": 0, "top5": 0})
+
+    def scorer(*_):
+        def score(_logits):
+            s = next(scripted)
+            return {"S": s, "top1": 0, "top3": 0, "top5": 0, "fold_S": [s, s, s]}
+        return score
+
+    monkeypatch.setattr(crossfit, "out_of_fold_scorer", scorer)
     config = HeadConfig(width=8, epochs=3, epoch_grid=[1, 2, 3], grid_min_gain=0.005, repeats=1, folds=3,
                         c_grid=[1.0], **config)
     return crossfit.cross_fit(x, y, recs, ["L0", "L1", "L2"], config, None, "mean")
@@ -188,8 +199,8 @@ def test_an_mlp_count_the_grid_called_a_tie_is_scored_but_never_chosen(monkeypat
 ])
 def test_a_tie_stops_the_mlp_grid_only_while_the_mlp_trails_the_families_scored_before_it(monkeypatch, linear,
                                                                                            mlp_counts, chosen):
-    selection = scripted_cross_fit(monkeypatch, [linear, 0.4, 0.5, 0.504, 0.6])  # linear, prototype, MLP 1, 2, 3
-    assert [row["head"] for row in selection.rows][2:] == [f"mlp epochs={e}" for e in range(1, mlp_counts + 1)]
+    selection = scripted_cross_fit(monkeypatch, [linear, 0.5, 0.504, 0.6])  # linear, MLP 1, 2, 3
+    assert [row["head"] for row in selection.rows][1:] == [f"mlp epochs={e}" for e in range(1, mlp_counts + 1)]
     assert selection.chosen == chosen
 
 
@@ -273,20 +284,24 @@ def test_standardize_does_not_blow_up_near_constant_dimensions():
     assert layer(new).abs().max() < 1e3  # the old 1e-6 clamp gave ~1e5 here
 
 
-def test_auto_tries_every_family_unless_told_to_skip_the_mlp_on_small_data():
-    assert {c.kind for c in candidates(HeadConfig(), images_per_class=5)} == {"linear", "prototype", "mlp"}
+def test_auto_tries_the_linear_head_and_the_mlp_unless_told_to_skip_the_mlp_on_small_data():
+    assert {c.kind for c in candidates(HeadConfig(), images_per_class=5)} == {"linear", "mlp"}
     config = HeadConfig(mlp_min_images_per_class=100)
     few = {c.kind for c in candidates(config, images_per_class=5)}
     many = {c.kind for c in candidates(config, images_per_class=5000)}
-    assert few == {"linear", "prototype"} and many == {"linear", "prototype", "mlp"}
+    assert few == {"linear"} and many == {"linear", "mlp"}
+    assert {c.kind for c in candidates(HeadConfig(kind="prototype"), 5)} == {"prototype"}  # still there when asked
     assert [c.value for c in candidates(config.model_copy(update={"kind": "linear"}), 5)] == config.c_grid
     assert [c.value for c in candidates(HeadConfig(), 5) if c.kind == "mlp"] == [5, 10, 15, 20]  # 40 never mattered
 
 
-def test_fit_chooses_the_best_out_of_fold_s_and_the_run_rebuilds_that_head(folder_data, tiny_config, tmp_path):
+def test_fit_ships_the_robust_choice_and_the_run_rebuilds_that_head(folder_data, tiny_config, tmp_path):
     result = fit(folder_data, tmp_path / "run", tiny_config)
     rows = result.results["head_selection"]
-    best = max(range(len(rows)), key=lambda i: (rows[i]["S"], -i))
+    shippable = [row for row in rows if not row["tie"]]
+    shippable = [max((r for r in shippable if r["kind"] == k), key=lambda r: r["S"]) for k in {r["kind"] for r in rows}]
+    expected = robust_choice(shippable, tiny_config.head.within_se, tiny_config.head.robustness)
+    best = next(i for i, row in enumerate(rows) if row["head"] == expected["head"])
     assert result.results["head"] == rows[best]["kind"]
     assert [row["chosen"] for row in rows] == [i == best for i in range(len(rows))]
     assert f"| {rows[best]['head']} (chosen) |" in RunFiles(tmp_path / "run").results_md.read_text()

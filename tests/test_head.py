@@ -136,3 +136,42 @@ def test_a_head_numpy_cannot_run_is_left_to_torch(tmp_path):
     config = HeadConfig(width=8, activation="gelu")
     save_file(build_head(4, 2, config).state_dict(), tmp_path / "head.safetensors")
     assert load_numpy_head(tmp_path / "head.safetensors", config) is None
+
+
+def test_the_genus_prior_ranks_a_species_of_a_likely_genus_higher():
+    from graft.model.head import GenusPrior
+    from graft.model.numpy_head import genus_matrix, genus_prior
+
+    genera = ["Acer", "Acer", "Quercus", "Tilia"]
+    matrix = genus_matrix(genera)
+    assert matrix.shape == (4, 3) and np.allclose(matrix.sum(0), 1.0)  # each genus's mean over its species
+    probabilities = np.array([[0.40, 0.15, 0.20, 0.25]], np.float32)  # the head: Acer 1, Tilia, Quercus, Acer 2
+    logits = np.log(probabilities)
+    scores = genus_prior(logits, matrix, 1.0)  # p(s) x its genus's mean: Acer 0.275, Quercus 0.20, Tilia 0.25
+    assert list(np.argsort(-scores[0])) == [0, 3, 1, 2]  # Acer 2 (0.15 x 0.275) climbs past Quercus (0.20 x 0.20)
+    assert np.allclose(scores, GenusPrior(torch.from_numpy(matrix), 1.0)(torch.from_numpy(logits)).numpy(), atol=1e-6)
+    unchanged = genus_prior(logits, matrix, 0.0)
+    assert np.allclose(np.exp(unchanged), probabilities, atol=1e-6)  # weight 0: the head's own ranking
+    assert genus_matrix(["Acer", "Quercus", ""]) is None  # no genus holds two species: nothing to prefer
+
+
+def test_a_head_with_a_genus_prior_is_saved_rebuilt_and_run_in_numpy(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from graft.model.head import PriorHead, predict_logits, rebuild_head, with_genus_prior
+    from graft.model.numpy_head import load_numpy_head
+
+    for setting in ({"kind": "linear"}, {"kind": "mlp", "members": 3}):
+        config = HeadConfig(width=24).model_copy(update=setting)
+        torch.manual_seed(0)
+        head = with_genus_prior(build_head(16, 4, config), ["Acer", "Acer", "Quercus", "Tilia"], 1.0)
+        assert isinstance(head, PriorHead)
+        x, _ = blobs(20, seed=2, dim=16)
+        save_file(head.state_dict(), tmp_path / "head.safetensors")
+        rebuilt = rebuild_head(16, 4, config, load_file(tmp_path / "head.safetensors"))
+        assert isinstance(rebuilt, PriorHead) and np.allclose(predict_logits(rebuilt, x), predict_logits(head, x))
+        numpy_head = load_numpy_head(tmp_path / "head.safetensors", config)
+        assert np.allclose(numpy_head(x), predict_logits(head, x), rtol=1e-5, atol=1e-5)
+    plain = build_head(16, 4, HeadConfig(kind="linear"))
+    assert with_genus_prior(plain, ["A", "B", "C", "D"], 1.0) is plain  # nothing shared: the head as it was
+    assert with_genus_prior(plain, ["A", "A", "C", "D"], 0.0) is plain  # switched off

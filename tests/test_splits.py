@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from graft.data.manifest import ImageRecord, Manifest
-from graft.data.splits import assign_splits, check_trainable
+from graft.data.splits import assign_splits, check_trainable, has_users, hold_out_users
 from graft.errors import DataError
 
 
@@ -77,3 +77,42 @@ def test_an_unreadable_observation_moves_no_other_observation_between_splits():
     moved = [o for o in after if after[o] != before[o]]
     assert lost not in after and len(after) == len(before) - 1
     assert len(moved) <= 1 and all(o.startswith("1-") for o in moved)  # at most the boundary of that label
+
+
+def photographed(n_labels=4, users=4, observations=3, images=2):
+    """Each label photographed by ``users`` photographers, each with ``observations`` observations of it."""
+    return Manifest([ImageRecord(Path(f"{label}/{user}/{obs}/{i}.jpg"), f"L{label}", f"{label}-{user}-{obs}",
+                                 user=f"u{user}")
+                     for label in range(n_labels) for user in range(users) for obs in range(observations)
+                     for i in range(images)], "photographed")
+
+
+def test_split_by_user_holds_out_whole_photographers_of_a_label():
+    split = assign_splits(photographed(), 0.25, seed=0, by="user")
+    sides = defaultdict(set)
+    for r in split:
+        sides[(r.label, r.user)].add(r.split)
+    assert all(len(found) == 1 for found in sides.values())  # a photographer's photos of a label are never cut
+    per_label = defaultdict(list)
+    for (label, _), found in sides.items():
+        per_label[label].append(next(iter(found)))
+    assert all(sorted(found) == ["train", "train", "train", "val"] for found in per_label.values())  # 1 of 4 users
+    assert split.records == assign_splits(photographed(), 0.25, seed=0, by="user").records  # seeded
+
+
+def test_one_photographer_per_label_is_held_out_as_test_and_single_photographer_labels_stay():
+    records = photographed(n_labels=3, users=3).records
+    lone = [ImageRecord(Path(f"lone/{i}.jpg"), "Lone", f"lone-{i}", user="u9") for i in range(4)]
+    held = hold_out_users(Manifest(records + lone, "m"), seed=1)
+    test = held.where("test")
+    held_users = defaultdict(set)
+    for r in test:
+        held_users[r.label].add(r.user)
+    assert {label: len(users) for label, users in held_users.items()} == {"L0": 1, "L1": 1, "L2": 1}  # not "Lone"
+    assert not {(r.label, r.user) for r in test} & {(r.label, r.user) for r in held if r.split != "test"}
+    assert has_users(records) and not has_users(lone)
+
+
+def test_an_unknown_split_rule_is_refused():
+    with pytest.raises(DataError, match="split by"):
+        assign_splits(manifest(), by="camera")

@@ -22,6 +22,9 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     format: Literal["auto", "folder", "csv", "lifeclef", "imagefolder"] = "auto"
+    split_by: Literal["observation", "user"] = Field(
+        "observation", description="What the validation split holds out: observations, or (user) whole photographers "
+        "of a label - the regime a flora app meets; labels with one photographer stay in training.")
     columns: dict[str, str] = Field(
         default_factory=dict, description="CSV column mapping, graft field -> CSV column (e.g. label: species)."
     )
@@ -80,12 +83,24 @@ HeadKind = Literal["auto", "mlp", "linear", "prototype"]
 
 class HeadConfig(_Section):
     kind: HeadKind = Field(
-        "auto", description="auto = the family (and its setting) with the best out-of-fold S; mlp = the seed's head."
-    )
+        "auto", description="auto = the linear head and the MLP over their grids, chosen out of fold (head.within_se, "
+        "head.robustness); mlp = the seed's head; prototype = cosine to class means (never chosen by auto: on new "
+        "photographers it scored at or below logistic regression, docs/decisions.md).")
     selection: Literal["crossfit", "holdout"] = Field(
         "crossfit", description="crossfit: K folds over the non-evaluation part choose the head by out-of-fold S; "
                                 "holdout: early stopping on the validation split (the previous default, MLP only).")
-    folds: int = Field(5, ge=2, description="K of the cross-fitting, grouped by observation, stratified by label.")
+    folds: int = Field(5, ge=2, description="K of the cross-fitting, grouped as head.group_by says, stratified by label.")
+    group_by: Literal["auto", "observation", "user"] = Field(
+        "auto", description="What a fold never cuts in two: an observation, or (user) everything one photographer took "
+        "of a label, so out of fold means new photographers, as in deployment; auto = user where a label has two "
+        "or more photographers, else observation.")
+    within_se: float = Field(
+        1.0, ge=0, description="Candidates within this many standard errors (of their per-fold S differences) of the "
+        "best out-of-fold S are level with it; among them the family first in head.robustness is shipped (0 = the "
+        "best S always).")
+    robustness: list[Literal["mlp", "linear", "prototype"]] = Field(
+        default_factory=lambda: ["mlp", "linear", "prototype"], description="Families from most to least robust "
+        "under new photographers: the MLP bag (its fold heads averaged) held up best, docs/decisions.md.")
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0],
                                 description="Inverse L2 strengths tried for the linear head.")
     c: float = Field(0.1, gt=0, description="The linear head's inverse L2 strength (cross-fitting writes the chosen).")
@@ -119,6 +134,10 @@ class HeadConfig(_Section):
     repeat_below_images_per_class: float = Field(
         20.0, ge=0, description="repeats: auto repeats cross-fitting where classes have fewer training images than this:"
         " few images per class is where a bag's heads disagree most, and where a head takes seconds.")
+    genus_weight: float = Field(
+        1.0, ge=0, description="Genus-aware ranking: a species' score adds this times the log of its genus's mean "
+        "probability (model.head.GenusPrior). On new photographers' photos the head knows the genus far more often "
+        "than the species; 0 = off; labels without shared genera are left alone. docs/decisions.md.")
     power: float = Field(
         0.5, gt=0, le=1, description="Power normalisation of the features before standardisation, sign(x) |x|^power "
         "(1 = off). Pooled ReLU features are sparse and heavy-tailed (Lite0 on leafsnap-dev: 41% exact zeros); the "

@@ -227,7 +227,7 @@ def load_run(run_dir: str | Path, device: str | Device = "auto") -> Classifier:
 
     from graft.features.backbones import create_backbone
     from graft.model.classifier import Classifier
-    from graft.model.head import build_head
+    from graft.model.head import rebuild_head
 
     files = check_complete(RunFiles(run_dir))
     device = resolve_device(device)
@@ -243,9 +243,7 @@ def load_run(run_dir: str | Path, device: str | Device = "auto") -> Classifier:
             f"{files.root}: backbone {backbone.name} now loads different weights (identity {backbone.identity}, "
             f"trained with {expected}); restore the original weights file or retrain"
         )
-    head = build_head(backbone.num_features, len(labels), config.head)
-    head.load_state_dict(load_file(files.head))
-    head.eval()
+    head = rebuild_head(backbone.num_features, len(labels), config.head, load_file(files.head))
     return Classifier(backbone, head, labels, config, read_temperature(files), read_run_taxonomy(files), device)
 
 

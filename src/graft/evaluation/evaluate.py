@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from graft.data.manifest import ImageRecord, load_manifest
-from graft.evaluation.metrics import score_probabilities
+from graft.evaluation.metrics import photographer_regimes, score_probabilities, seen_photographers
 from graft.model.classifier import Classifier
 from graft.model.identification import Model
-from graft.run import load_model
+from graft.run import evaluation_part, load_model, read_manifest
 
 
 def score(classifier: Classifier, records: Sequence[ImageRecord], features: np.ndarray,
@@ -48,10 +48,13 @@ def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False, tta:
     the model computes (:func:`~graft.device.resolve_device`).
     """
     model = load_model(run_dir, device)
+    trained = read_manifest(run_dir)
+    seen = seen_photographers(trained.without([r.path for r in evaluation_part(trained)]).records)
     config = model.config
     manifest = load_manifest(data, config.data.format, config.data.columns).with_default_view(config.data.default_view)
     part = manifest.where("test") if manifest.where("test").records else manifest
-    results, kept, _ = evaluate_model(model, part, tta, fusion, progress)
+    results, kept, probabilities = evaluate_model(model, part, tta, fusion, progress)
+    results |= photographer_regimes(probabilities, kept.records, model.labels, fusion or config.predict.fusion, seen)
     results |= {
         "evaluated_on": "test" if kept.records and kept.records[0].split == "test" else "all",
         "tta": list(config.predict.tta if tta is None else tta),

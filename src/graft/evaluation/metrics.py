@@ -6,7 +6,7 @@ S = (1/U) * sum_u (1/P_u) * sum_p 1/rank(u, p): every user counts equally, howev
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,12 +119,15 @@ def score_probabilities(probabilities: np.ndarray, records: Sequence[ImageRecord
 
 
 def score_logits(logits: np.ndarray | RowFile, records: Sequence[ImageRecord], labels: Sequence[str],
-                 fusion: str, rows_per_chunk: int = BLOCK_ROWS) -> dict[str, Any]:
-    """:func:`score_probabilities` of ``softmax(logits)``. Logits in a row file (out-of-fold logits of a large
-    training part: images x classes floats) are read a chunk of whole observations at a time; the scores are the
-    same as in memory, since every score is a function of per-observation outcomes."""
+                 fusion: str, rows_per_chunk: int = BLOCK_ROWS,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+    """:func:`score_probabilities` of ``softmax(transform(logits))`` (``transform``: what a head's last step does to
+    its logits, e.g. the genus prior). Logits in a row file (out-of-fold logits of a large training part: images x
+    classes floats) are read a chunk of whole observations at a time; the scores are the same as in memory, since
+    every score is a function of per-observation outcomes."""
+    transform = transform or (lambda block: block)
     if not isinstance(logits, RowFile):
-        return score_probabilities(softmax(logits), records, labels, fusion)
+        return score_probabilities(softmax(transform(logits)), records, labels, fusion)
     truth = label_indices(records, labels)
     groups: dict[str, list[int]] = {}
     for row, record in enumerate(records):
@@ -133,7 +136,7 @@ def score_logits(logits: np.ndarray | RowFile, records: Sequence[ImageRecord], l
     for rows in [*groups.values(), None]:
         if chunk and (rows is None or len(chunk) + len(rows) > rows_per_chunk):
             index = np.array(chunk)
-            parts.append(observation_outcomes(softmax(logits.take(index)), truth[index],
+            parts.append(observation_outcomes(softmax(transform(logits.take(index))), truth[index],
                                               [records[i].observation for i in chunk],
                                               [records[i].user for i in chunk], fusion))
             chunk = []
@@ -146,3 +149,25 @@ def fusion_rule_rows(logits: np.ndarray | RowFile, records: Sequence[ImageRecord
     """The same predictions (logits) scored under every fusion rule, so a user can pick the rule on held-out data."""
     keys = ("S", "top1", "top3", "top5")
     return {rule: {k: score_logits(logits, records, labels, rule)[k] for k in keys} for rule in FUSION_RULES}
+
+
+def photographer_regimes(probabilities: np.ndarray, records: Sequence[ImageRecord], labels: Sequence[str],
+                         fusion: str, seen: set[tuple[str, str]]) -> dict[str, Any]:
+    """S on the photos whose photographer the training part already had for that label (``known``: their other
+    plant taught the model their camera, background and framing) and on the others (``new``: what a flora app meets),
+    from images with a user; ``{}`` when none has one. ``seen``: the training part's (label, user) pairs."""
+    with_user = [i for i, r in enumerate(records) if r.user]
+    if not with_user:
+        return {}
+    regimes = {}
+    for name, wanted in (("new", False), ("known", True)):
+        rows = [i for i in with_user if ((records[i].label, records[i].user) in seen) == wanted]
+        if rows:
+            found = score_probabilities(probabilities[rows], [records[i] for i in rows], labels, fusion)
+            regimes[name] = {key: found[key] for key in ("S", "top1", "top5", "n_observations", "n_users")}
+    return {"photographers": regimes}
+
+
+def seen_photographers(records: Sequence[ImageRecord]) -> set[tuple[str, str]]:
+    """The (label, user) pairs of ``records`` (a training part): whose photos of what a model has learnt from."""
+    return {(r.label, r.user) for r in records if r.user}

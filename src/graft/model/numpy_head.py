@@ -36,6 +36,17 @@ def load_numpy_head(path: Path, config: HeadConfig) -> Forward | None:
     if config.kind in ("mlp", "auto") and config.activation not in ACTIVATIONS:
         return None
     state = {name: array.astype(np.float32) for name, array in load_file(path).items()}
+    if PRIOR_KEY in state:  # a PriorHead: the head's own tensors under "head.", then the genus prior
+        base = _base_head({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}, config)
+        matrix, weight = state[PRIOR_KEY], float(state["prior.weight"])
+        return lambda x: genus_prior(base(x), matrix, weight)
+    return _base_head(state, config)
+
+
+PRIOR_KEY = "prior.mean_of_genus"  # in a head saved with a genus prior (graft.model.head.PriorHead)
+
+
+def _base_head(state: dict[str, np.ndarray], config: HeadConfig) -> Forward:
     if config.kind in ("mlp", "auto") and config.members > 1:
         members = [_sequential(state, f"members.{i}.", config) for i in range(config.members)]
         return lambda x: _log_mean_probability([member(x) for member in members])
@@ -89,3 +100,24 @@ def _log_mean_probability(logits: list[np.ndarray]) -> np.ndarray:
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
     top = x.max(axis=axis, keepdims=True)
     return top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))
+
+
+def genus_prior(logits: np.ndarray, mean_of_genus: np.ndarray, weight: float) -> np.ndarray:
+    """Genus-aware scores: ``log p(s) + weight * log(mean of p over s's genus)`` with ``p = softmax(logits)`` (the
+    head's own temperature, 1), as logits (their softmax renormalises). ``mean_of_genus``: ``[species, genera]``,
+    each column one-hot on its genus's species divided by their count (a mean, so large genera are not favoured)."""
+    log_p = logits - _logsumexp(logits, axis=1)
+    genus = np.log(np.maximum(np.exp(log_p) @ mean_of_genus, np.finfo(np.float32).tiny))
+    return (log_p + np.float32(weight) * genus @ (mean_of_genus > 0).T.astype(np.float32)).astype(np.float32)
+
+
+def genus_matrix(genus_of: list[str]) -> np.ndarray | None:
+    """``[species, genera]`` for :func:`genus_prior` (a label without a genus is a genus of its own); None when no
+    genus holds two species: the prior would then rank exactly as the head does."""
+    genera = sorted({genus or f"\0{i}" for i, genus in enumerate(genus_of)})
+    if len(genera) == len(genus_of):
+        return None
+    column = {genus: j for j, genus in enumerate(genera)}
+    member = np.zeros((len(genus_of), len(genera)), np.float32)
+    member[np.arange(len(genus_of)), [column[genus or f"\0{i}"] for i, genus in enumerate(genus_of)]] = 1.0
+    return member / member.sum(axis=0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,13 @@ from torch import nn
 
 from graft.config import HeadConfig
 from graft.data.manifest import ImageRecord
+from graft.data.splits import group_of, has_users
 from graft.device import CPU, Device
 from graft.errors import ConfigError
-from graft.evaluation.metrics import score_logits
 from graft.model.head import HeadBag
 from graft.rows import RowFile
 from graft.tables import head_selection_table
+from graft.training.choice import out_of_fold_scorer, robust_choice, scorable_rows
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
 from graft.training.head import training_precision
 from graft.training.streaming import Rows, discard
@@ -43,8 +44,9 @@ from graft.training.streaming import Rows, discard
 REPEATS_AUTO = 3  # head.repeats: auto on few-shot data; see HeadConfig.repeats
 
 
-def fold_of(records: Sequence[ImageRecord], k: int, seed: int) -> np.ndarray:
-    """The fold (0..k-1) of each image: grouped by observation, stratified by label, seeded.
+def fold_of(records: Sequence[ImageRecord], k: int, seed: int, by: str = "observation") -> np.ndarray:
+    """The fold (0..k-1) of each image: grouped by observation (``by="user"``: by photographer of the label, so every
+    row is predicted by heads that never saw its photographer's photos of its species), stratified by label, seeded.
 
     K shrinks to what the data allows (no more folds than observations, nor than the largest label has images).
     Where every observation is one image (ELPV, folder data) there is nothing to group, and scikit-learn's
@@ -53,8 +55,8 @@ def fold_of(records: Sequence[ImageRecord], k: int, seed: int) -> np.ndarray:
     """
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
-    observations = {o: i for i, o in enumerate(dict.fromkeys(r.observation for r in records))}
-    groups = np.array([observations[r.observation] for r in records])
+    observations = {o: i for i, o in enumerate(dict.fromkeys(group_of(r, by) for r in records))}
+    groups = np.array([observations[group_of(r, by)] for r in records])
     labels = np.array([r.label for r in records])
     largest = max(np.unique(labels, return_counts=True)[1])
     k = max(2, min(k, len(observations), largest))
@@ -98,6 +100,8 @@ class Selection:
     logits: Rows  # [n, C] out-of-fold logits of the chosen candidate, rows as the training records
     fold: np.ndarray  # [R, n]: each image's fold in each repeat
     fold_heads: list[nn.Module]  # the chosen candidate's R x K fold heads (the MLP; empty for the other families)
+    grouped_by: str = "observation"  # what the folds never cut in two (:func:`group_by`)
+    unscorable: int = 0  # rows left out of the choice: their class had no example in their fold's training part
 
     @property
     def repeats(self) -> int:
@@ -109,44 +113,61 @@ class Selection:
 
 def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord], label_names: list[str],
               config: HeadConfig, weights: torch.Tensor | None, fusion: str, extra: np.ndarray | None = None,
-              scratch: Path | None = None, device: Device = CPU) -> Selection:
-    """Score every candidate out of fold and pick the best S (ties: the first, i.e. the simpler family), over
-    :func:`repeats_for` repeats of the folds. ``extra``: cached augmented views ``[n, K, D]`` of the rows, trained on
-    with them, never scored. ``scratch``: where out-of-fold logits of features on disk go (row files; the chosen
-    one's outlives the call). ``device``: where every candidate's heads train."""
+              scratch: Path | None = None, device: Device = CPU,
+              prior: Callable[[np.ndarray], np.ndarray] | None = None) -> Selection:
+    """Score every candidate out of fold over :func:`repeats_for` repeats of the folds (grouped as
+    :func:`group_by` says) and choose one by :func:`~graft.training.choice.robust_choice` on the rows its fold could
+    predict. ``extra``: cached augmented views ``[n, K, D]`` of the rows, trained on with them, never scored.
+    ``scratch``: where out-of-fold logits of features on disk go (row files; the chosen one's outlives the call).
+    ``device``: where every candidate's heads train; ``prior``: the step every shipped head ends with (its genus
+    prior, :func:`~graft.model.numpy_head.genus_prior`), applied before a candidate is scored."""
     images_per_class = len(labels) / max(1, len(np.unique(labels)))
-    fold = np.stack([fold_of(records, config.folds, repeat_seed(config.seed, r))
+    by = group_by(config, records)
+    fold = np.stack([fold_of(records, config.folds, repeat_seed(config.seed, r), by)
                      for r in range(repeats_for(config, images_per_class, features))])
     families: dict[str, list[Candidate]] = {}
     for candidate in candidates(config, images_per_class):
         families.setdefault(candidate.kind, []).append(candidate)
+    keep = scorable_rows(fold, labels)
+    score = out_of_fold_scorer(records, label_names, fusion, fold, keep, prior)
     rows: list[dict[str, Any]] = []
-
-    def score(logits: Rows) -> dict[str, Any]:
-        return score_logits(logits, records, label_names, fusion)
-
-    chosen, chosen_logits, chosen_heads, chosen_s = None, None, [], -1.0
+    kept: dict[str, tuple[Candidate, Rows, list[nn.Module]]] = {}  # per family: its best candidate's logits, heads
+    leader = -1.0
     for family in families.values():
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as fold_logs:  # the folds' logs go; only the MLP's heads are kept (bag)
             found = out_of_fold(family, features, labels, fold, len(label_names), config, weights, Path(fold_logs),
-                                extra, scratch, score, leader=chosen_s, device=device)  # leader: the S the MLP must beat
+                                extra, scratch, score, leader=leader, device=device)  # leader: the S the MLP must beat
         seconds = (time.perf_counter() - start) / len(found.scores)
         for candidate, scores in found.scores.items():
             rows.append({"head": candidate.name, "kind": candidate.kind, "value": candidate.value,
-                         **{k: scores[k] for k in ("S", "top1", "top3", "top5")}, "seconds": round(seconds, 2),
-                         "tie": candidate in found.ties})
-            oof = found.logits.get(candidate)  # the MLP keeps only its best count's
-            # ties keep the first, i.e. the simpler family; an MLP count its grid called a tie (a gain under
-            # head.grid_min_gain) is scored but not kept, so it cannot be chosen
-            if oof is not None and scores["S"] > chosen_s:
-                oof, chosen_logits = chosen_logits, oof
-                chosen, chosen_s, chosen_heads = candidate, scores["S"], found.fold_heads.get(candidate, [])
+                         **{k: scores[k] for k in ("S", "top1", "top3", "top5", "fold_S")},
+                         "seconds": round(seconds, 2), "tie": candidate in found.ties})
+            # an MLP count its grid called a tie (a gain under head.grid_min_gain) is scored but not kept
+            oof = found.logits.get(candidate)
+            best = kept.get(candidate.kind)
+            if oof is not None and (best is None or scores["S"] > found.scores[best[0]]["S"]):
+                oof, kept[candidate.kind] = (best[1] if best else None), (
+                    candidate, oof, found.fold_heads.get(candidate, []))
             discard(oof)  # the one not kept
-        del found  # only the leader's [n, C] logits (and heads) are kept: 7 candidates' would be 7 x n x C floats
+        leader = max([leader] + [s["S"] for s in found.scores.values()])
+        del found  # one [n, C] logits (and heads) per family are kept: 7 candidates' would be 7 x n x C floats
+    shippable = [row for row in rows if any(c.name == row["head"] for c, _, _ in kept.values())]
+    chosen_row = robust_choice(shippable, config.within_se, config.robustness)
+    chosen, chosen_logits, chosen_heads = kept.pop(chosen_row["kind"])
+    for _, logits, _ in kept.values():
+        discard(logits)
     for row in rows:
         row["chosen"] = row["head"] == chosen.name
-    return Selection(chosen, rows, chosen_logits, fold, chosen_heads)
+    return Selection(chosen, rows, chosen_logits, fold, chosen_heads, by, int((~keep).sum()))
+
+
+def group_by(config: HeadConfig, records: Sequence[ImageRecord]) -> str:
+    """How the folds are grouped: ``head.group_by``, or for ``auto`` by photographer where some label has two or more
+    (so out of fold is the new-photographer regime a flora app meets), else by observation."""
+    if config.group_by != "auto":
+        return config.group_by
+    return "user" if has_users(records) else "observation"
 
 
 def final_head(selection: Selection, features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,

@@ -51,12 +51,12 @@ class Candidate:
 
 
 def candidates(config: HeadConfig, images_per_class: float) -> list[Candidate]:
-    """The candidates cross-fitting compares: every family for ``auto`` (the MLP only on data with enough images
-    per class), else the configured family over its grid."""
+    """The candidates cross-fitting compares: the linear head and the MLP for ``auto`` (the MLP only on data with
+    enough images per class), else the configured family over its grid."""
     grids = {"linear": config.c_grid, "prototype": [config.scale],
              "mlp": [e for e in config.epoch_grid if e <= config.epochs] or [config.epochs]}
     if config.kind == "auto":
-        kinds = ["linear", "prototype"] + (["mlp"] if images_per_class >= config.mlp_min_images_per_class else [])
+        kinds = ["linear"] + (["mlp"] if images_per_class >= config.mlp_min_images_per_class else [])
     else:
         kinds = [config.kind]
     return [Candidate(kind, float(value)) for kind in kinds for value in grids[kind]]
@@ -118,8 +118,10 @@ def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fol
                 score: Score | None = None, leader: float = math.inf, device: Device = CPU) -> OutOfFold:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
     (nor any augmented view of it: ``extra`` rows train with their originals' fold), scored by ``score``. ``folds``
-    is each row's fold, ``[n]``, or one row of folds per repeat, ``[R, n]``: a row's logits are then the log of its
-    R heads' mean probability. Features on disk get their logits on disk too, as row files in ``scratch``. The MLP's
+    is each row's fold, ``[n]``, or one row of folds per repeat, ``[R, n]``. The MLP, which ships its R x K fold heads
+    as a bag, is cross-fitted in every repeat and a row's logits are the log of its R heads' mean probability; the
+    other families ship one head refit on everything, so the first repeat's fold heads predict it (R x the cost
+    bought nothing they ship). Features on disk get their logits on disk too, as row files in ``scratch``. The MLP's
     heads train side by side and stop at the first epoch count that does not beat the best before it by more than
     ``head.grid_min_gain`` while the MLP's best S is not above ``leader``, the other families' best
     (:mod:`graft.training.fold_heads`; without a ``score``, every count)."""
@@ -141,6 +143,7 @@ def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fol
         named = {epochs: Candidate("mlp", float(epochs)) for epochs in grid}
         return OutOfFold({named[e]: s for e, s in found.scores.items()}, {named[e]: z for e, z in found.logits.items()},
                          {named[e]: h for e, h in found.heads.items()}, {named[e] for e in found.ties})
+    folds = folds[:1]  # a family that ships one head refit on everything: one pass of fold heads predicts that head
     sinks = {candidate: sink(candidate) for candidate in family}
     for fold in folds:
         for k in np.unique(fold):

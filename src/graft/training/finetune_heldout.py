@@ -16,7 +16,7 @@ from torch import nn
 from graft.data.manifest import Manifest
 from graft.evaluation.metrics import label_indices
 from graft.model.classifier import Classifier
-from graft.model.head import predict_logits
+from graft.model.head import PriorHead, predict_logits, prior_of
 from graft.run import evaluation_part
 from graft.training.families import fit_head_of
 from graft.training.fit import calibrate, labelled_features
@@ -43,6 +43,8 @@ def starting_head(classifier: Classifier, manifest: Manifest, results: dict[str,
     with tempfile.TemporaryDirectory() as logs:
         head, _ = fit_head_of(head_config.kind, x, y, len(classifier.labels), head_config, weights, Path(logs),
                               device=classifier.device)
+    prior = prior_of(classifier.head)  # the run's genus prior goes on: it is part of the model being tuned
+    head = PriorHead(head, copy.deepcopy(prior)) if prior is not None else head
     return head, f"{head_config.kind} head trained on the train split (the run's learnt the validation split)"
 
 

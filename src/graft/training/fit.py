@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +28,22 @@ from graft.data.taxonomy import taxonomy_of
 from graft.device import Device, resolve_device
 from graft.errors import ConfigError
 from graft.evaluation.evaluate import ms_per_observation, score
-from graft.evaluation.metrics import fusion_rule_rows, label_indices, score_logits
+from graft.evaluation.metrics import (
+    fusion_rule_rows,
+    label_indices,
+    photographer_regimes,
+    score_logits,
+    seen_photographers,
+)
 from graft.features.augment import augmented_names
 from graft.features.backbones import create_backbone
 from graft.features.extract import FeatureSet, extract_features
 from graft.model.calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
 from graft.model.classifier import Classifier
 from graft.model.fusion import softmax
-from graft.model.head import predict_logits
+from graft.model.head import predict_logits, with_genus_prior
+from graft.model.numpy_head import genus_matrix
+from graft.model.numpy_head import genus_prior as apply_genus_prior
 from graft.progress import progress_bar
 from graft.rows import RowFile
 from graft.run import RunFiles, evaluation_part, write_data, write_model, write_out_of_fold, write_results, writing
@@ -43,7 +51,7 @@ from graft.store import cache_root
 from graft.training.crossfit import cross_fit, final_head
 from graft.training.head import fit_head, resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, write_rows
-from graft.training.streaming import Rows, blocks_of
+from graft.training.streaming import Rows, blocks_of, map_rows
 
 CALIBRATION_ROWS = 200_000  # out-of-fold rows the temperature is fitted on, at most
 FUSION_MARGIN = 0.01  # out-of-fold S a fusion rule must gain over mean for predict.fusion: auto to pick it
@@ -74,7 +82,7 @@ def prepare_manifest(data: str | Path | Manifest, config: GraftConfig) -> tuple[
     """Read and split the data; stop before any work if it cannot be trained on."""
     manifest = data if isinstance(data, Manifest) else load_manifest(data, config.data.format, config.data.columns)
     manifest = manifest.with_default_view(config.data.default_view)
-    manifest = assign_splits(manifest, config.data.val_fraction, config.data.seed)
+    manifest = assign_splits(manifest, config.data.val_fraction, config.data.seed, config.data.split_by)
     return manifest, check_trainable(manifest)
 
 
@@ -139,14 +147,17 @@ def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature
     evaluated = evaluation_part(manifest)
     if config.head.selection == "holdout":
         classifier.labels = sorted({r.label for r in manifest.where("train")})
-        trained = _holdout(manifest, feature_set, classifier.labels, config, files, progress, classifier.device)
+        trained = _holdout(manifest, feature_set, classifier.labels, config, files, progress, classifier.device,
+                           genus_prior(classifier, config))
     else:
         training = manifest.without([r.path for r in evaluated])
         classifier.labels = sorted({r.label for r in training})
         augmented = _augmented_views(classifier, training, config, progress) if config.features.train_views else None
         trained = _crossfit(training, feature_set, classifier.labels, config, files, progress, classifier.device,
-                            augmented)
-    classifier.head, classifier.config = trained.head, trained.config
+                            genus_prior(classifier, config), augmented)
+    genera = [classifier.taxonomy.of(label).genus for label in classifier.labels]
+    classifier.head = with_genus_prior(trained.head, genera, config.head.genus_weight)
+    classifier.config = trained.config
     plain = feature_set.rows_for([r.path for r in evaluated])  # single view: what calibration is measured on
     calibration: dict[str, Any] = {"calibration": "off"}
     if config.predict.calibrate and trained.temperature_logits is None:
@@ -157,6 +168,9 @@ def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature
     scored = classifier.manifest_features(evaluated).rows_for([r.path for r in evaluated]) if config.predict.tta \
         else plain
     results = score(classifier, evaluated.records, scored)
+    training_part = manifest.without([r.path for r in evaluated])
+    results |= photographer_regimes(classifier.predict_proba(scored), evaluated.records, classifier.labels,
+                                    results["fusion"], seen_photographers(training_part.records))
     results |= trained.results | {
         "evaluated_on": evaluated.records[0].split,
         "tta": list(config.predict.tta),
@@ -198,8 +212,17 @@ def _augmented_views(classifier: Classifier, training: Manifest, config: GraftCo
                                 progress=report, augment=config.finetune.augment, device=classifier.device)
 
 
+def genus_prior(classifier: Classifier, config: GraftConfig) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What the shipped head's genus prior does to logits (``head.genus_weight``; None when off or no genus holds two
+    of the classifier's labels): applied to held-out logits, so they are the shipped model's."""
+    matrix = genus_matrix([classifier.taxonomy.of(label).genus for label in classifier.labels])
+    weight = config.head.genus_weight
+    return None if matrix is None or weight == 0 else lambda logits: apply_genus_prior(logits, matrix, weight)
+
+
 def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
-              progress: bool, device: Device, augmented: FeatureSet | None = None) -> TrainedHead:
+              progress: bool, device: Device, prior: Callable[[np.ndarray], np.ndarray] | None,
+              augmented: FeatureSet | None = None) -> TrainedHead:
     start = time.perf_counter()
     known = set(labels)
     records = [r for r in training if r.label in known]
@@ -208,25 +231,35 @@ def _crossfit(training: Manifest, feature_set: FeatureSet, labels: list[str], co
     weights = resolve_class_weights(config.head.class_weights, labels, y)
     fusion = "mean" if config.predict.fusion == "auto" else config.predict.fusion  # candidates are scored with it
     scratch = x.path.parent if isinstance(x, RowFile) else None  # streaming: logits go beside the features
-    selection = cross_fit(x, y, records, labels, config.head, weights, fusion, extra, scratch, device)
+    selection = cross_fit(x, y, records, labels, config.head, weights, fusion, extra, scratch, device, prior)
     head, resolved, log = final_head(selection, x, y, len(labels), config.head, weights, files.root, progress, extra,
                                      device)
-    write_out_of_fold(files, [r.path for r in records], selection.logits, selection.fold)
-    rules = fusion_rule_rows(selection.logits, records, labels)
+    held_out = selection.logits if prior is None else map_rows(selection.logits, prior, (scratch or files.root) /
+                                                                 "oof-prior.npy")  # what the shipped head says
+    write_out_of_fold(files, [r.path for r in records], held_out, selection.fold)
+    rules = fusion_rule_rows(held_out, records, labels)
     config = _resolved_fusion(config, rules)
-    out_of_fold = score_logits(selection.logits, records, labels, config.predict.fusion)
+    out_of_fold = score_logits(held_out, records, labels, config.predict.fusion)
     results = {
         "head_selection": selection.rows,
         "out_of_fold": {k: out_of_fold[k] for k in ("S", "top1", "top3", "top5", "image_top1", "n_images")},
         "coverage_out_of_fold": out_of_fold["coverage"],
         "fusion_rules_out_of_fold": rules,
         "head_seconds": round(time.perf_counter() - start, 3),
+        "head_choice": {"grouped_by": selection.grouped_by, "unscorable_images": selection.unscorable,
+                        "within_se": config.head.within_se, "robustness": list(config.head.robustness)},
     }
     history = _history(files, head, log, x, y)
     repeated = f", repeated {selection.repeats} times" if selection.repeats > 1 else ""
-    notes = [f"Head chosen by out-of-fold S over {config.head.folds} folds of the training part "
-             f"({len(records)} images){repeated}, grouped by observation:\n\n{selection.table()}"]
-    return TrainedHead(head, config.model_copy(update={"head": resolved}), _calibration_sample(selection.logits, y),
+    grouped = "photographer of each label (new photographers out of fold)" if selection.grouped_by == "user" \
+        else "observation"
+    left_out = (f" {selection.unscorable} image(s) whose class had no example in their fold's training part were left "
+                "out of the choice." if selection.unscorable else "")
+    notes = [f"Head chosen out of fold over {config.head.folds} folds of the training part ({len(records)} images)"
+             f"{repeated}, grouped by {grouped}; candidates within {config.head.within_se:g} standard error(s) of the "
+             f"best S count as level, and the most robust family among them ships ({', '.join(config.head.robustness)})"
+             f".{left_out}\n\n{selection.table()}"]
+    return TrainedHead(head, config.model_copy(update={"head": resolved}), _calibration_sample(held_out, y),
                        history, None, results, notes)
 
 
@@ -270,7 +303,7 @@ def _history(files: RunFiles, head: nn.Module, log: Path | None, x: Rows, y: np.
 
 
 def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], config: GraftConfig, files: RunFiles,
-             progress: bool, device: Device) -> TrainedHead:
+             progress: bool, device: Device, prior: Callable[[np.ndarray], np.ndarray] | None) -> TrainedHead:
     """The previous default: early stopping on the validation split, then a refit on train+val with a test part."""
     config = config.model_copy(update={"head": config.head.model_copy(update={"kind": "mlp", "members": 1})})
     train = labelled_features(manifest.where("train"), feature_set, labels)
@@ -279,8 +312,9 @@ def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], con
     head_fit = fit_head(train, val, len(labels), config.head, files.root, progress,
                         refit=config.head.refit and bool(manifest.where("test").records),
                         weights=resolve_class_weights(config.head.class_weights, labels, train[1]), device=device)
-    val_logits = predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part]))
-    held_out = None if head_fit.refit_epochs else (predict_logits(head_fit.holdout_head, val[0]), val[1])
+    shipped = prior or (lambda logits: logits)  # the head ships with its genus prior
+    val_logits = shipped(predict_logits(head_fit.holdout_head, feature_set.rows_for([r.path for r in val_part])))
+    held_out = None if head_fit.refit_epochs else (shipped(predict_logits(head_fit.holdout_head, val[0])), val[1])
     results = {"fusion_rules_on_val": fusion_rule_rows(val_logits, val_part.records, labels),
                "head_seconds": round(head_fit.seconds, 3), "head_best_epoch": head_fit.best_epoch + 1,
                "head_refit_epochs": head_fit.refit_epochs}

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +133,18 @@ def fit_linear(linear: nn.Linear, rows: Rows, labels: np.ndarray, c: float, weig
         linear.weight[torch.as_tensor(present)] = weight.detach().cpu()
         linear.bias[torch.as_tensor(present)] = bias.detach().cpu()
     return optimizer.state[weight]["func_evals"]
+
+
+def map_rows(rows: Rows, transform: Callable[[np.ndarray], np.ndarray], path: Path) -> Rows:
+    """``transform`` applied to every row: at once in memory; block by block into a new row file at ``path`` on disk."""
+    if not isinstance(rows, RowFile):
+        return transform(rows)
+    writer = None
+    for index, block in rows.blocks():
+        done = transform(block)
+        writer = writer or RowWriter(path, len(rows), done.shape[1])
+        writer.write(index, done)
+    return writer.close()
 
 
 class LogitSink:
