@@ -11,9 +11,34 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from graft.errors import ConfigError
+from graft.errors import ConfigError, first_line
+from graft.files import read_text
 
 FusionRule = Literal["mean", "max", "geometric", "borda"]
+
+
+MAX_CONFIG_BYTES = 1_000_000  # a configuration is a page of settings; more is a mistake or an attack
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML's safe loader without aliases: a config never needs them, and a few hundred bytes of nested aliases
+    (a "billion laughs") expand into gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a graft config",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """Plain data from YAML text: no Python objects (safe loader) and no aliases (:class:`_NoAliases`)."""
+    loader = _NoAliases(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class _Section(BaseModel):
@@ -305,9 +330,10 @@ class GraftConfig(_Section):
     def from_yaml(cls, path: str | Path) -> GraftConfig:
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: cannot read YAML ({error})") from error
+            values = load_yaml(read_text(path, MAX_CONFIG_BYTES)) or {}
+        except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: too large, or not UTF-8
+            raise ConfigError(f"{path}: cannot read YAML ({first_line(error)}); give a UTF-8 YAML file of at most "
+                              f"{MAX_CONFIG_BYTES:,} bytes without anchors or aliases") from error
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (data, backbone, ...), got {type(values).__name__}")
         return cls.from_dict(values, source=str(path))

@@ -33,3 +33,9 @@ class ImageTooLarge(ImageError):
 
 class DeviceError(GraftError):
     """The device asked for (``--device cuda``...) is not there, or cannot do what was asked of it."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (some run to pages), for a one-line error of graft's own."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,22 +1,71 @@
-"""Files: atomic writes (a reader sees the old file or the new one, never half of one) and content digests."""
+"""Files: atomic writes (a reader sees the old file or the new one, never half of one), content digests, and reads
+that open only regular files.
+
+Every file graft reads that someone else may have made (images, manifests, configs, a run's files, API keys) is
+opened with :func:`open_regular`: a FIFO, a device such as ``/dev/zero`` or a socket named like a photo would
+otherwise block a read forever or never end.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 
+class NotRegularFile(OSError):
+    """The path names a FIFO, a device, a socket or a folder, not a file's bytes."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open ``path`` for reading in binary, only if it is a regular file (links are followed).
+
+    The file is opened without blocking (a FIFO would otherwise wait for a writer) and checked with ``fstat`` on the
+    open descriptor, so it cannot be swapped for something else between the check and the read.
+    """
+    path = Path(path)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+            raise NotRegularFile(f"{path} is {kind}, not a file")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def read_regular(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file; more than ``limit`` bytes is a :class:`ValueError` naming the file."""
+    with open_regular(path) as handle:
+        data = handle.read() if limit is None else handle.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit:,} bytes")
+    return data
+
+
+def read_text(path: str | Path, limit: int | None = None) -> str:
+    """A regular file's text as UTF-8 (:class:`UnicodeDecodeError` otherwise), at most ``limit`` bytes."""
+    return read_regular(path, limit).decode("utf-8")
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(handle)`` on a temporary file beside ``path``, flush it to disk, then rename it into place: after
+    a crash or power loss the path holds the old bytes or the new ones, never a zero-length or partial file."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with temporary.open("wb") as handle:
             write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -29,5 +78,5 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes: the content key of an image in every cache."""
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from graft.config import GraftConfig
-from graft.errors import ConfigError, GraftError
+from graft.errors import ConfigError, GraftError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, invoke_without_command=True,
                   help="graft: image classifiers on pretrained backbones, from cached features to ranked answers per "
@@ -32,7 +32,15 @@ BackboneOpt = Annotated[str | None, typer.Option(help=(
     "tf_efficientnet_lite0, offline; `graft backbones` lists them)."))]
 CacheOpt = Annotated[Path | None, typer.Option(help="Feature cache directory (default $GRAFT_CACHE_DIR or user cache).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-FusionOpt = Annotated[str | None, typer.Option(help="Observation fusion: mean, max, geometric or borda.")]
+def _fusion_rule(value: str | None) -> str | None:
+    rules = ("mean", "max", "geometric", "borda", "auto")
+    if value is not None and value not in rules:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(rules)}")
+    return value
+
+
+FusionOpt = Annotated[str | None, typer.Option(help="Observation fusion: mean, max, geometric or borda (auto: the "
+                                                    "run's choice).", callback=_fusion_rule)]
 TtaOpt = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average 5 test-time views per image.")]
 DeviceOpt = Annotated[str | None, typer.Option(
     help="auto (a CUDA GPU, then Apple MPS, else the CPU), cpu, cuda, cuda:N or mps; one that is absent is an error.")]
@@ -77,6 +85,12 @@ def run_app() -> None:
             raise
         error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+    except Exception as error:  # a case graft does not handle yet: one line, and how to see and report it
+        if STATE["debug"]:
+            raise
+        error_console.print(f"[bold red]internal error:[/] {type(error).__name__}: {first_line(error)} (run again with "
+                            "--debug for the traceback, and report it)", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 def load_config(path: Path | None, **overrides) -> GraftConfig:

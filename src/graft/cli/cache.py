@@ -87,6 +87,9 @@ def info(cache_dir: CacheOpt = None) -> None:
                       f"written {written} ({store.directory.relative_to(report.root)})", highlight=False, soft_wrap=True)
     for name, size in report.other_bytes.items():
         console.print(f"{name}: {size / 1e6:.1f} MB", highlight=False)
+    if report.unreadable:
+        console.print(f"{report.unreadable} chunk(s) with unreadable keys: `graft cache verify --remove` drops them",
+                      highlight=False)
 
 
 @cache_app.command()
@@ -106,12 +109,14 @@ def verify(
     cache_dir: CacheOpt = None,
     remove: Annotated[bool, typer.Option(help="Remove the corrupt chunks (their images are extracted again).")] = False,
 ) -> None:
-    """Re-read every chunk in full and list the corrupt ones (exit 2 when there are any and --remove is not given)."""
+    """Re-read every chunk and exported graph in full, check them against their SHA-256 and list the damaged ones
+    (exit 2 when there are any and --remove is not given)."""
     from graft.features.cache_maintenance import verify as verify_cache
 
     problems = verify_cache(cache_dir, remove)
     for line in problems:
         error_console.print(line, highlight=False, soft_wrap=True)
     if problems and not remove:
-        raise GraftError(f"{len(problems)} corrupt chunk(s); run `graft cache verify --remove` to drop them")
-    console.print("every chunk reads back" if not problems else f"removed {len(problems)} corrupt chunk(s)")
+        raise GraftError(f"{len(problems)} damaged file(s); run `graft cache verify --remove` to drop them")
+    console.print("every chunk and graph matches its digest" if not problems else
+                  f"removed {len(problems)} damaged file(s); they are made again when next needed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -55,7 +56,7 @@ def evaluate(
 def predict(
     run: RunArg,
     images: Annotated[list[Path], typer.Argument(help="Photos of ONE observation (subject).")],
-    top: Annotated[int | None, typer.Option(help="How many labels to list.")] = None,
+    top: Annotated[int | None, typer.Option(help="How many labels to list.", min=1)] = None,
     fusion: FusionOpt = None,
     view: Annotated[list[str], typer.Option(help="View of each photo in order (Flower, Leaf...), repeatable.")] = [],  # noqa: B006
     tta: TtaOpt = None,
@@ -130,11 +131,11 @@ def export(
 def serve(
     run: Annotated[Path, typer.Argument(help="Run or ensemble directory to serve.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     engine: Annotated[str, typer.Option(help="auto (the ONNX export, else the cached backbone graph), onnx or "
                                                 "torch.")] = "auto",
-    max_files: Annotated[int, typer.Option(help="Photos per request.")] = 12,
-    max_mb: Annotated[float, typer.Option(help="Megabytes per photo.")] = 15.0,
+    max_files: Annotated[int, typer.Option(help="Photos per request.", min=1, max=1000)] = 12,
+    max_mb: Annotated[float, typer.Option(help="Megabytes per photo.", min=0.001, max=1024.0)] = 15.0,
     api_keys: Annotated[Path | None, typer.Option(
         help="File of 'KEY QUOTA' lines (identifications per UTC day); without it the server is open.")] = None,
     cors_origin: Annotated[list[str], typer.Option(
@@ -150,9 +151,15 @@ def serve(
     docs at /docs."""
     import uvicorn
 
+    from graft.device import resolve_device
+    from graft.run import check_servable
     from graft.serving.app import Limits, create_app
     from graft.serving.keys import KeyRing
 
+    if not math.isfinite(batch_window_ms) or not 0 <= batch_window_ms <= 10_000:
+        raise ConfigError(f"--batch-window-ms {batch_window_ms}: give a number of milliseconds from 0 to 10000")
+    device = resolve_device(device or "auto")  # an absent GPU: one line, before anything else
+    check_servable(run)  # a missing or incomplete run: one line now, not a server answering 503 for ever
     limits = Limits(max_files=max_files, max_bytes=int(max_mb * 1024 * 1024))
     keys = KeyRing.read(api_keys) if api_keys else None
     projects = dict(named_run(item) for item in project)
@@ -160,7 +167,7 @@ def serve(
                   f"http://{host}:{port}/v2/identify, projects {', '.join(['all', *projects])}; "
                   f"{'API keys required' if keys else 'open: no API keys'})")
     app = create_app(run, engine, limits, keys=keys, cors_origins=cors_origin, projects=projects,
-                     batch_window_ms=batch_window_ms, device=device or "auto")
+                     batch_window_ms=batch_window_ms, device=device)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -168,8 +175,9 @@ def named_run(item: str) -> tuple[str, Path]:
     name, separator, path = item.partition("=")
     if not separator or not name or not path:
         raise GraftError(f"--project {item!r}: give NAME=RUN, e.g. --project weurope=runs/weurope")
-    if not Path(path).is_dir():
-        raise GraftError(f"--project {item!r}: {path} is not a run directory; fit it first or fix the path")
+    from graft.run import check_servable
+
+    check_servable(Path(path))
     return name, Path(path)
 
 

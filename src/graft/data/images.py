@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from graft.errors import ImageError, ImageTooLarge
+from graft.files import NotRegularFile, open_regular
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # The one pixel limit, everywhere (files, cache, uploads), checked from the header before any pixel is decoded:
@@ -47,8 +48,10 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int | Non
     """Decode an image file to RGB or raise ImageError naming the file and the fix (``min_side``: see decode_rgb)."""
     path = Path(path)
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:  # a FIFO or a device named like a photo would block or never end
             return decode_rgb(handle, str(path), max_pixels, min_side)
+    except NotRegularFile as error:
+        raise ImageError(f"{error}; remove it or replace it with an image file") from error
     except FileNotFoundError as error:
         raise ImageError(f"{path}: file not found; fix the path in the manifest or restore the file") from error
     except OSError as error:  # a folder, a dangling link, no permission

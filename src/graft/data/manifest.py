@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from graft.data.images import is_image_path
@@ -150,7 +151,10 @@ def read_csv(path: str | Path, columns: dict[str, str] | None = None) -> Manifes
         raise DataError(f"column mapping names unknown fields {sorted(unknown)}; graft fields are {list(FIELDS)}")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as error:
+        raise DataError(f"{path}:1: not a readable CSV header ({error}); fix the line") from error
     missing = [f"{name} (column {mapping[name]!r})" for name in REQUIRED_CSV_FIELDS if mapping[name] not in header]
     if missing:
         raise DataError(
@@ -158,13 +162,28 @@ def read_csv(path: str | Path, columns: dict[str, str] | None = None) -> Manifes
             "rename them or map them, e.g. --column label=species"
         )
     records, problems, where = [], [], {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in csv_rows(reader, path):
         record = _csv_record(row, mapping, path.parent, f"{path}:{line}", problems)
         if record is not None:
             records.append(record)
             where.setdefault(record.path, f"{path}:{line}")
     records = one_row_per_image(records, where, problems)
     return Manifest(separate_mixed_observations(records, problems), str(path), problems, "CSV")
+
+
+def csv_rows(reader: csv.DictReader, path: Path) -> Iterator[tuple[int, dict]]:
+    """(line, row) of a CSV; a malformed row (a field past the csv module's size limit, a NUL byte) stops the read
+    with an error naming its line, not a traceback."""
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise DataError(f"{path}:{reader.line_num + 1}: not a readable CSV row ({error}); fix or remove the "
+                            "line") from error
+        yield reader.line_num, row
 
 
 def one_row_per_image(records: list[ImageRecord], where: dict[Path, str], problems: list[str]) -> list[ImageRecord]:

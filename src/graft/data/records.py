@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.errors import DataError
-from graft.files import atomic_write_text
+from graft.files import NotRegularFile, atomic_write_text, read_regular
 
 FIELDS = ("path", "label", "observation", "user", "view", "vote", "split", "genus", "family")
 REQUIRED_CSV_FIELDS = ("path", "label")
@@ -102,7 +102,10 @@ def dangling(path: Path, problems: list[str]) -> bool:
 
 def read_text(path: Path) -> str:
     """A text file as UTF-8 (a BOM is fine); anything else is refused with the byte offset and the fix."""
-    data = path.read_bytes()
+    try:
+        data = read_regular(path)
+    except NotRegularFile as error:
+        raise DataError(f"{error}; give a text file") from error
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from graft.data.manifest import ImageRecord, load_manifest
+from graft.errors import DataError
 from graft.evaluation.metrics import photographer_regimes, score_probabilities, seen_photographers
 from graft.model.classifier import Classifier
 from graft.model.identification import Model
@@ -53,7 +54,14 @@ def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False, tta:
     config = model.config
     manifest = load_manifest(data, config.data.format, config.data.columns).with_default_view(config.data.default_view)
     part = manifest.where("test") if manifest.where("test").records else manifest
+    known = set(model.labels)
+    unknown = sum(record.label not in known for record in part.records)
+    if part.records and unknown == len(part.records):
+        raise DataError(f"{data}: none of its {len(part.records)} images has a label the run knows (e.g. "
+                        f"{part.records[0].label!r}; the run's: {', '.join(model.labels[:3])}...); evaluate on data "
+                        "labelled like the run's training data")
     results, kept, probabilities = evaluate_model(model, part, tta, fusion, progress)
+    results["images_of_unknown_labels"] = unknown  # scored as misses: the model cannot name them
     results |= photographer_regimes(probabilities, kept.records, model.labels, fusion or config.predict.fusion, seen)
     results |= {
         "evaluated_on": "test" if kept.records and kept.records[0].split == "test" else "all",

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.store import cache_root
+from graft.errors import DataError
+from graft.features.engines import graph_digest_file, graph_intact
+from graft.store import cache_root, chunk_problem, read_chunk_keys
 
 DAY = 86_400
 
@@ -35,6 +37,7 @@ class CacheReport:
     root: Path
     stores: list[StoreInfo] = field(default_factory=list)
     other_bytes: dict[str, int] = field(default_factory=dict)  # graphs, thumbnails
+    unreadable: int = 0  # chunks whose keys cannot be read: `graft cache verify --remove` repairs them
 
 
 def cache_info(cache_dir: str | Path | None = None) -> CacheReport:
@@ -49,7 +52,10 @@ def cache_info(cache_dir: str | Path | None = None) -> CacheReport:
         info = StoreInfo(directory, _store_name(directory), chunks=len(chunks))
         for keys in chunks:
             array = keys.with_suffix(".npy")
-            info.rows += len(keys.read_text().split())
+            try:
+                info.rows += len(read_chunk_keys(keys)[0])
+            except (OSError, ValueError):
+                report.unreadable += 1
             info.bytes += keys.stat().st_size + (array.stat().st_size if array.exists() else 0)
             info.newest = max(info.newest, keys.stat().st_mtime)
         report.stores.append(info)
@@ -82,32 +88,33 @@ def prune(cache_dir: str | Path | None, older_than_days: float) -> tuple[int, in
 
 
 def verify(cache_dir: str | Path | None = None, remove: bool = False) -> list[str]:
-    """Re-read every chunk in full; one line per corrupt chunk (and removes it when ``remove``)."""
+    """Re-read every chunk and exported graph in full; one line per damaged one (removed when ``remove``, so the
+    next run makes it again). A chunk is damaged when it is unreadable or truncated, its rows and keys disagree, its
+    bytes differ from its recorded SHA-256 (:func:`~graft.store.chunk_problem`) or it holds NaN/infinite values; a
+    graph when its bytes differ from the SHA-256 written with it."""
+    root = cache_root(cache_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such cache directory; give the --cache-dir your runs used")
     problems = []
-    for keys in sorted(cache_root(cache_dir).rglob("*.keys")):
-        why = _chunk_problem(keys)
+    for keys in sorted(root.rglob("*.keys")):
+        why = chunk_problem(keys) or _non_finite(keys.with_suffix(".npy"))
         if why:
             problems.append(f"{keys.with_suffix('.npy')}: {why}" + ("; removed" if remove else ""))
             if remove:
                 keys.unlink()
                 keys.with_suffix(".npy").unlink(missing_ok=True)
+    for graph in sorted((root / "graphs").glob("*.onnx")):
+        if not graph_intact(graph):
+            problems.append(f"{graph}: missing its SHA-256 or its bytes changed" + ("; removed" if remove else ""))
+            if remove:
+                graph.unlink()
+                graph_digest_file(graph).unlink(missing_ok=True)
     return problems
 
 
-def _chunk_problem(keys: Path) -> str:
-    array_file = keys.with_suffix(".npy")
-    try:
-        names = keys.read_text().split()
-        rows = np.load(array_file, allow_pickle=False)  # in full: every byte is read
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        return f"unreadable ({error})"
-    if rows.dtype != np.float32 or rows.ndim != 2:
-        return f"holds {rows.dtype} of shape {rows.shape}, not float32 rows"
-    if len(rows) != len(names):
-        return f"{len(rows)} rows for {len(names)} keys"
-    if not np.isfinite(rows).all():
-        return "holds NaN or infinite values"
-    return ""
+def _non_finite(array_file: Path) -> str:
+    rows = np.load(array_file, allow_pickle=False)
+    return "" if np.isfinite(rows).all() else "holds NaN or infinite values"
 
 
 def _store_name(directory: Path) -> str:

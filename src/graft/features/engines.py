@@ -26,7 +26,7 @@ import numpy as np
 
 from graft.device import CPU, Device, exact_float32
 from graft.errors import BackboneError
-from graft.files import atomic_write
+from graft.files import atomic_write, atomic_write_text, file_digest, read_text
 from graft.store import cache_root
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None, device
                 import onnxruntime
             except ImportError as error:
                 raise BackboneError("onnxruntime is not installed; pip install onnxruntime") from error
-            if not path.is_file():
+            if not graph_intact(path):  # missing, or changed since it was written (truncated, tampered)
                 export_backbone(backbone, path)
             import torch
 
@@ -144,8 +144,25 @@ def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None, device
 
 
 def export_backbone(backbone: Backbone, path: Path) -> Path:
-    """Write the pooled-feature network as ONNX (dynamic batch), atomically; BackboneError when it won't export."""
-    return export_graph(backbone.model, backbone.data_config["input_size"], path, "features", backbone.name)
+    """Write the pooled-feature network as ONNX (dynamic batch), atomically, and its SHA-256 beside it
+    (:func:`graph_intact`); BackboneError when it won't export."""
+    export_graph(backbone.model, backbone.data_config["input_size"], path, "features", backbone.name)
+    atomic_write_text(graph_digest_file(path), file_digest(path))
+    return path
+
+
+def graph_digest_file(graph: Path) -> Path:
+    return graph.with_name(graph.name + ".sha256")
+
+
+def graph_intact(graph: Path) -> bool:
+    """Whether a cached graph is the one graft wrote: it exists and its bytes match the SHA-256 written with it (a
+    truncated or changed graph is exported again, never loaded)."""
+    digest = graph_digest_file(graph)
+    try:
+        return graph.is_file() and digest.is_file() and read_text(digest, 128).strip() == file_digest(graph)
+    except (OSError, ValueError):
+        return False
 
 
 def export_graph(network: nn.Module, input_size: Sequence[int], path: Path, output: str, name: str,

@@ -30,7 +30,7 @@ from graft.features.feature_set import FeatureSet, concatenated
 from graft.features.preparation import ORIGINAL, Preparation, decode_side
 from graft.files import file_digest
 from graft.rows import BLOCK_ROWS, write_blocks
-from graft.store import ChunkStore
+from graft.store import ChunkStore, CorruptChunk
 from graft.views.decisions import decision_store
 from graft.views.preprocess import Decision, params_key
 
@@ -175,17 +175,21 @@ def extract_features(
                               decode_side(backbone.data_config, settings.decode), augment)
     extracted = _extract_missing(list(missing.values()), backbone, cache, stores, preparation, settings, failures,
                                  progress, device)
-    good = [item for item in items if item.path not in failures]
-    if not good:
-        features = np.zeros((0, backbone.num_features), np.float32)
-    elif tta:
-        features = np.stack([cache.get([item.tta_key(name) for item in good]) for name in names], axis=1)
-    elif rows_to is not None:
-        features = write_blocks(rows_to, len(good), backbone.num_features,
-                                ((first, cache.get([i.row_key for i in good[first : first + BLOCK_ROWS]]))
-                                 for first in range(0, len(good), BLOCK_ROWS)))
-    else:
-        features = cache.get([item.row_key for item in good])
+    try:
+        good = [item for item in items if item.path not in failures]
+        if not good:
+            features = np.zeros((0, backbone.num_features), np.float32)
+        elif tta:
+            features = np.stack([cache.get([item.tta_key(name) for item in good]) for name in names], axis=1)
+        elif rows_to is not None:
+            features = write_blocks(rows_to, len(good), backbone.num_features,
+                                    ((first, cache.get([i.row_key for i in good[first : first + BLOCK_ROWS]]))
+                                     for first in range(0, len(good), BLOCK_ROWS)))
+        else:
+            features = cache.get([item.row_key for item in good])
+    except CorruptChunk:  # a chunk failed its digest on first read: it is left out, so its rows are made again
+        return extract_features(paths, backbone, settings, views=views, view_config=view_config, tta=tta,
+                                progress=progress, augment=augment, cache=cache, rows_to=rows_to, device=device)
     fallbacks = _count_fallbacks(good, stores)
     seconds = time.perf_counter() - start
     return FeatureSet([i.path for i in good], features, failures, extracted, seconds, fallbacks, tuple(tta))

@@ -26,6 +26,7 @@ from graft.device import Device, resolve_device
 from graft.errors import ImageError, ImageTooLarge
 from graft.model.identification import Model, identify_images
 from graft.run import read_manifest
+from graft.serving.gate import Gate, GateRules
 from graft.serving.keys import KeyRefused, KeyRing, rate_limit_headers, redact_keys_in_access_logs
 from graft.serving.plantnet import PREFIX as PLANTNET_PREFIX
 from graft.serving.plantnet import plantnet_error, plantnet_router
@@ -42,39 +43,6 @@ class Limits:
     def max_request_bytes(self) -> int:
         """A whole request: every file at its limit, plus room for the multipart headers and form fields."""
         return self.max_files * (self.max_bytes + 16 * 1024) + 64 * 1024
-
-
-class BodyLimit:
-    """ASGI middleware: a body over ``limit`` bytes is refused before it is parsed or spooled to disk - at once from
-    its Content-Length, or as soon as the bytes of a chunked upload pass the limit."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(int(declared), scope, receive, send)
-        received = 0
-
-        async def counted():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise HTTPException(413, self._reason(received))  # FastAPI answers it; the rest is never read
-            return message
-
-        return await self.app(scope, counted, send)
-
-    def _reason(self, size: int) -> str:
-        return (f"request body of {size:,} bytes or more; at most {self.limit:,} (the photos of one observation); "
-                "send fewer or smaller photos")
-
-    async def _refuse(self, size: int, scope, receive, send) -> None:
-        await JSONResponse({"detail": self._reason(size)}, status_code=413)(scope, receive, send)
 
 
 def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limits(), *, keys: KeyRing | None = None,
@@ -104,7 +72,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
 
     decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="graft-upload")
     app = FastAPI(title="graft", description="Identify a subject from several photos of it.", lifespan=lifespan)
-    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+    app.add_middleware(Gate, rules=GateRules(keys, limits.max_request_bytes))
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["RateLimit", "RateLimit-Policy"])
@@ -145,17 +113,20 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
     related: dict[str, RelatedImages] = {}
 
     def related_images(project: str) -> RelatedImages:
+        model = ready(project)  # 404 for an unknown project, 503 while it loads
         if project not in related:  # read on first use: most requests never ask for related images
-            related[project] = RelatedImages(read_manifest(runs[project]), ready(project).config.features.cache_dir)
+            related[project] = RelatedImages(read_manifest(runs[project]), model.config.features.cache_dir)
         return related[project]
 
-    def related_entries(project: str, label: str, n: int, base_url: str) -> list[dict]:
-        return related_images(project).entries(project, label, n, base_url)
+    def related_entries(project: str, label: str, n: int, base_url: str, api_key: str | None) -> list[dict]:
+        return related_images(project).entries(project, label, n, base_url, api_key if keys else None)
 
     app.include_router(plantnet_router(ready, authorize, spend, decode_all, related_entries))
 
     @app.get("/v2/images/{project}/{row}/{size}", include_in_schema=False)
-    def related_image(project: str, row: int, size: str) -> FileResponse:
+    def related_image(project: str, row: int, size: str,
+                      api_key: str | None = Query(None, alias="api-key")) -> FileResponse:
+        authorize(api_key)  # the gate has checked it already; kept here so the route never relies on one layer
         path = related_images(project).file(row, size)
         if path is None:
             raise HTTPException(404, "no such image")
@@ -167,7 +138,8 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
         return {"status": "ok", "engine": model.engine, "labels": len(model.labels), "projects": list(runs)}
 
     @app.get("/labels")
-    def labels() -> list[str]:
+    def labels(api_key: str | None = Query(None, alias="api-key")) -> list[str]:
+        authorize(api_key)
         return ready().labels
 
     @app.post("/identify")

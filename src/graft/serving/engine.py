@@ -10,7 +10,6 @@ graph is in the feature cache, does not wait for them.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from graft.data.manifest import Manifest
 from graft.data.taxonomy import Taxonomy
 from graft.device import CPU, Device, resolve_device
 from graft.errors import ImageError, RunError
-from graft.features.engines import engine_for, graph_file
+from graft.features.engines import engine_for, graph_file, graph_intact
 from graft.features.eval_transform import centre_crop_transform
 from graft.features.preparation import Preparation, decode_side, decode_upload, view_names
 from graft.model.fusion import mean_over_views
@@ -36,9 +35,11 @@ from graft.model.numpy_head import load_numpy_head
 from graft.run import (
     RunFiles,
     check_complete,
+    checks,
     load_model,
     read_backbone_description,
     read_labels,
+    read_run_config,
     read_run_taxonomy,
     read_temperature,
 )
@@ -137,10 +138,27 @@ def load_engine(run_dir: str | Path, engine: str = "auto", batch_window_ms: floa
 def _onnx_model(files: RunFiles, device: Device) -> OnnxModel:
     import onnxruntime
 
-    metadata = json.loads(files.onnx_metadata.read_text())
-    session = onnxruntime.InferenceSession(str(files.onnx), providers=device.onnx_providers())
-    return OnnxModel(metadata["labels"], GraftConfig.from_yaml(files.config), _tuples(metadata["data_config"]),
-                     session, metadata["temperature"], read_run_taxonomy(files), device=device)
+    where = files.onnx_metadata
+    metadata = checks.read_json(where, REEXPORT)
+    if not isinstance(metadata, dict):
+        raise checks.refuse(where, "expected a JSON object (labels, data_config, temperature)", REEXPORT)
+    labels = checks.check_labels(metadata.get("labels"), where)
+    data_config = checks.check_data_config(metadata.get("data_config"), where)
+    temperature = checks.check_temperature(metadata, where)
+    session = _session(onnxruntime, files.onnx, device, REEXPORT)
+    return OnnxModel(labels, read_run_config(files), _tuples(data_config), session, temperature,
+                     read_run_taxonomy(files), device=device)
+
+
+REEXPORT = "run `graft export RUN` again"
+
+
+def _session(onnxruntime, path: Path, device: Device, fix: str):
+    """An InferenceSession, or one RunError for a graph onnxruntime cannot load (truncated, not ONNX)."""
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=device.onnx_providers())
+    except Exception as error:  # onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
+        raise checks.refuse(path, f"not a loadable ONNX graph ({checks.first_line(error)})", fix) from error
 
 
 def _graph_model(files: RunFiles, device: Device) -> OnnxModel | None:
@@ -152,21 +170,42 @@ def _graph_model(files: RunFiles, device: Device) -> OnnxModel | None:
     if files.is_ensemble():
         return None
     check_complete(files)
-    config = GraftConfig.from_yaml(files.config)
+    config = read_run_config(files)
     described = read_backbone_description(files)
     if config.features.engine == "torch" or "members" in described:
         return None
     graph = graph_file(described, config.features.cache_dir)
-    head = load_numpy_head(files.head, config.head) if graph.is_file() else None
+    labels = read_labels(files)
+    head = _numpy_head(files, config, len(labels)) if graph_intact(graph) else None
     if head is None:
         return None
     try:
         import onnxruntime
     except ImportError:
         return None
-    session = GraphThenHead(onnxruntime.InferenceSession(str(graph), providers=device.onnx_providers()), head)
-    return OnnxModel(read_labels(files), config, _tuples(described["data_config"]), session,
+    session = GraphThenHead(_session(onnxruntime, graph, device, "run `graft cache verify --remove`"), head)
+    return OnnxModel(labels, config, _tuples(described["data_config"]), session,
                      read_temperature(files), read_run_taxonomy(files), device=device)
+
+
+def _numpy_head(files: RunFiles, config: GraftConfig, n_labels: int):
+    """The run's head in numpy, checked: readable, finite, positive stds, one output per label."""
+    from safetensors.numpy import load_file
+
+    try:
+        state = load_file(files.head)
+    except Exception as error:  # safetensors' own error types for a damaged file
+        raise checks.refuse(files.head, f"not a readable safetensors file ({checks.first_line(error)})") from error
+    checks.check_head_state(state, files.head)
+    try:
+        head = load_numpy_head(files.head, config.head)
+        width = next(array.shape[-1] for name, array in state.items() if name.endswith("mean"))
+        outputs = None if head is None else head(np.zeros((1, width), np.float32)).shape[-1]
+    except (KeyError, ValueError, StopIteration) as error:
+        raise checks.refuse(files.head, f"does not fit the run's config.yaml ({checks.first_line(error)})") from error
+    if outputs is not None and outputs != n_labels:
+        raise checks.refuse(files.head, f"the head has {outputs} outputs for {n_labels} labels")
+    return head
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.errors import ConfigError
+from graft.files import read_text
 
 DAY = 86_400
+MAX_KEYS_BYTES = 10_000_000
+WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 
 
 class KeyRefused(Exception):
@@ -38,8 +41,8 @@ class KeyRing:
     def read(cls, path: str | Path) -> KeyRing:
         path = Path(path)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
+            lines = read_text(path, MAX_KEYS_BYTES).splitlines()
+        except (OSError, ValueError) as error:  # ValueError: not UTF-8, or too large
             raise ConfigError(f"{path}: cannot read the API keys ({error}); give a text file of 'KEY QUOTA' "
                               "lines") from error
         quotas = {}
@@ -47,7 +50,7 @@ class KeyRing:
             parts = line.split("#", 1)[0].replace(",", " ").split()
             if not parts:
                 continue
-            if len(parts) != 2 or not parts[1].isdigit():
+            if len(parts) != 2 or not WHOLE_NUMBER.fullmatch(parts[1]):
                 raise ConfigError(f"{path}: line {number} is not 'KEY QUOTA' (a key, then a whole number of "
                                   "identifications per day); fix the line")
             quotas[parts[0]] = int(parts[1])

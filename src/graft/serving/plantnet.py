@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile
 
 from graft.data.taxonomy import Taxon
 from graft.model.identification import Identification, Model, identify_images
+from graft.serving.keys import WHOLE_NUMBER
 
 PREFIX = "/v2/"
 MAX_IMAGES = 5
@@ -53,8 +54,8 @@ class Query:
             return value in ("true", "1")
 
         results = params.get("nb-results", str(DEFAULT_RESULTS))
-        if not results.isdigit() or int(results) < 1:
-            raise HTTPException(400, f'"nb-results" must be a whole number >= 1, not "{results}"')
+        if not WHOLE_NUMBER.fullmatch(results) or int(results) < 1:  # ASCII digits: "²".isdigit() is True
+            raise HTTPException(400, f'"nb-results" must be a whole number from 1 to 999999, not "{results[:20]}"')
         kind = params.get("type", "kt")
         if kind not in ("kt", "legacy"):
             raise HTTPException(400, f'"type" must be kt or legacy, not "{kind}"')
@@ -66,7 +67,7 @@ def plantnet_error(status: int, message: str) -> dict[str, Any]:
     return {"statusCode": status, "error": HTTPStatus(status).phrase, "message": message}
 
 
-Related = Callable[[str, str, int, str], list[dict]]
+Related = Callable[[str, str, int, str, str | None], list[dict]]
 
 
 def plantnet_router(model_for: Callable[[str], Model], authorize: Callable[[str | None], None],
@@ -75,7 +76,8 @@ def plantnet_router(model_for: Callable[[str], Model], authorize: Callable[[str 
     """``model_for(project)`` (404 for an unknown project), ``authorize(api_key)`` (401 before any work),
     ``spend(api_key, response)`` -> identifications left today, or None on an open server (429 over the quota; sets
     the RateLimit headers), ``decode(model, uploads, views)`` -> images (raises 4xx), ``related(project, label, n,
-    base_url)`` -> entries of the label's training photos. A request that fails costs no quota."""
+    base_url, api_key)`` -> entries of the label's training photos (their URLs carry the key where keys are set).
+    A request that fails, or that is answered "Species not found", costs no quota."""
     router = APIRouter()
 
     @router.post("/v2/identify/{project}", summary="Pl@ntNet-compatible identification")
@@ -90,13 +92,13 @@ def plantnet_router(model_for: Callable[[str], Model], authorize: Callable[[str 
         organs = organs or ["auto"] * len(images)
         views = [ORGANS[organ] for organ in organs]
         decoded = await run_in_threadpool(decode, model, images, views)
-        remaining = spend(query.api_key, response)
         names = [upload.filename or f"image {i + 1}" for i, upload in enumerate(images)]
         answer = await run_in_threadpool(identify_images, model, decoded, names, views, top=len(model.labels))
         if answer.unknown and not query.no_reject:
-            raise HTTPException(404, "Species not found")
-        entries = (lambda label, n: related(project, label, n, str(request.base_url))) if query.include_related_images \
-            else None
+            raise HTTPException(404, "Species not found")  # before spend: a rejected identification costs no quota
+        remaining = spend(query.api_key, response)
+        entries = (lambda label, n: related(project, label, n, str(request.base_url), query.api_key)) \
+            if query.include_related_images else None
         return _answer(answer, model, query, names, organs, remaining, entries)
 
     return router

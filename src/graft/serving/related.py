@@ -1,23 +1,31 @@
 """Related images: a species' training photos from the run's manifest, as Pl@ntNet's ``results[].images`` entries
 (organ, author, license, date, ``url.o`` / ``url.m`` / ``url.s``), served by ``GET /v2/images/{project}/{n}/{size}``.
 
-``n`` indexes the run's manifest, so only the run's own photos can ever be served (no path comes from a request).
+``n`` indexes the run's manifest, so no path comes from a request; and since a run directory may come from anyone, a
+manifest row is served only when its file is a regular file whose bytes are an image (by header): a tampered
+``manifest.csv`` naming ``/etc/passwd``, a key file or a device serves nothing. Where the server has API keys, the
+images go only to a key holder (the gate, and the entries' URLs carry the caller's key).
 Thumbnails are made once and kept under ``<cache root>/thumbnails/`` by image content (temp file + rename).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlencode
+
+from PIL import Image
 
 from graft.data.images import load_rgb
 from graft.data.manifest import Manifest
-from graft.files import atomic_write, file_digest
+from graft.files import atomic_write, file_digest, open_regular
 from graft.store import cache_root
 
 SIZES = {"m": 1024, "s": 256}  # longest side; "o" is the original file
+SERVED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 VIEW_ORGANS = {"leaf": "leaf", "leafscan": "leaf", "flower": "flower", "fruit": "fruit", "stem": "bark",
                "entire": "habit", "branch": "habit"}
 
@@ -36,15 +44,29 @@ class RelatedImages:
             rows.setdefault(self.manifest.records[i].label, []).append(i)
         return rows
 
-    def entries(self, project: str, label: str, n: int, base_url: str) -> list[dict]:
+    def servable(self, row: int) -> Path | None:
+        """Row ``row``'s file when it may be served: a regular file that is an image by its header."""
+        path = self.manifest.records[row].path
+        try:
+            resolved = path.resolve(strict=True)
+            with open_regular(resolved) as handle, Image.open(handle) as image:
+                return resolved if image.format in SERVED_FORMATS else None
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None
+
+    def entries(self, project: str, label: str, n: int, base_url: str, api_key: str | None = None) -> list[dict]:
+        """Pl@ntNet's ``images`` entries for up to ``n`` servable training photos of ``label``; their URLs carry
+        ``api_key`` (a server with keys serves images only to a key holder)."""
         base = base_url.rstrip("/")
+        query = f"?{urlencode({'api-key': api_key})}" if api_key else ""
+        rows = (row for row in self.by_label.get(label, []) if self.servable(row) is not None)
         result = []
-        for row in self.by_label.get(label, [])[:n]:
+        for row in itertools.islice(rows, n):
             record = self.manifest.records[row]
             result.append({
                 "organ": VIEW_ORGANS.get(record.view.strip().lower(), ""), "author": record.user, "license": "",
                 "date": {"timestamp": None, "string": ""}, "citation": record.user,
-                "url": {size: f"{base}/v2/images/{project}/{row}/{size}" for size in ("o", "m", "s")},
+                "url": {size: f"{base}/v2/images/{project}/{row}/{size}{query}" for size in ("o", "m", "s")},
             })
         return result
 
@@ -53,9 +75,11 @@ class RelatedImages:
         the photo can no longer be read."""
         if size not in ("o", *SIZES) or not 0 <= row < len(self.manifest.records):
             return None
-        path = self.manifest.records[row].path
+        path = self.servable(row)
+        if path is None:
+            return None
         if size == "o":
-            return path if path.is_file() else None
+            return path
         try:
             thumbnail = cache_root(self.cache_dir) / "thumbnails" / f"{file_digest(path)}-{size}.jpg"
             if not thumbnail.is_file():

@@ -9,6 +9,7 @@ head-only weights.
 from __future__ import annotations
 
 import copy
+import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 from graft.config import GraftConfig
 from graft.data.manifest import ImageRecord, Manifest
 from graft.device import Device, resolve_device
-from graft.errors import ConfigError, DataError, RunError
+from graft.errors import ConfigError, DataError, RunError, first_line
 from graft.evaluation.evaluate import score
 from graft.evaluation.metrics import score_logits
 from graft.features.augment import training_transform
@@ -38,6 +39,7 @@ from graft.model.head import members_of
 from graft.run import (
     RunFiles,
     evaluation_part,
+    fine_tuning,
     load_run,
     read_manifest,
     read_out_of_fold,
@@ -112,11 +114,14 @@ def finetune(
         files.keep_finetune_log()
     else:  # an earlier fine-tuning's best epoch must never be taken for this one's (a budget can end before any)
         files.best_checkpoint.unlink(missing_ok=True)
-    with quiet_lightning():
+    with quiet_lightning(), fine_tuning(files):
         trainer = _trainer(files, config, progress, list(callbacks), classifier.device, module.plan.warmup_epochs)
-        # weights_only: a checkpoint is data; one that needs unpickling code is refused, never run
-        trainer.fit(module, *_loaders(classifier, config, train, val, label_index),
-                    ckpt_path=str(files.last_checkpoint) if resume else None, weights_only=True)
+        try:  # weights_only: a checkpoint is data; one that needs unpickling code is refused, never run
+            trainer.fit(module, *_loaders(classifier, config, train, val, label_index),
+                        ckpt_path=str(files.last_checkpoint) if resume else None, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise RunError(f"{files.last_checkpoint}: not a weights-only checkpoint graft wrote ({first_line(error)}); "
+                           f"delete it and run `graft finetune {files.root}` without --resume") from error
     if not trainer.is_global_zero:
         return None
     history = merge_epoch_rows(files.finetune_logs(), files.finetune_history)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from graft.config import GraftConfig
+from graft.data.conflicts import without_conflicting_copies
 from graft.data.manifest import Manifest, load_manifest
 from graft.data.splits import assign_splits, check_trainable
 from graft.data.taxonomy import taxonomy_of
@@ -81,7 +82,7 @@ class TrainedHead:
 def prepare_manifest(data: str | Path | Manifest, config: GraftConfig) -> tuple[Manifest, list[str]]:
     """Read and split the data; stop before any work if it cannot be trained on."""
     manifest = data if isinstance(data, Manifest) else load_manifest(data, config.data.format, config.data.columns)
-    manifest = manifest.with_default_view(config.data.default_view)
+    manifest = without_conflicting_copies(manifest.with_default_view(config.data.default_view))
     manifest = assign_splits(manifest, config.data.val_fraction, config.data.seed, config.data.split_by)
     return manifest, check_trainable(manifest)
 
