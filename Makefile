@@ -27,6 +27,7 @@ browser:
 test: $(VENV)/.test-installed browser
 	$(BIN)/ruff check src tests bench
 	cd src && ../$(BIN)/lint-imports --config ../pyproject.toml --no-cache
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test-installed
@@ -35,4 +36,4 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/head.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build

@@ -54,15 +54,19 @@ def make_run(root: Path) -> tuple[Path, Path]:
 
 
 def classify(command: list[str], reference: str | None, timeout: float = 120) -> str:
+    """The case's class (module docstring); anything but ok prints the command's last line of stderr."""
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return "hang"
+    outcome = "ok"
     if "Traceback (most recent call last)" in done.stderr or "internal error:" in done.stderr:
-        return "traceback"  # graft's last-resort line counts as one: it is a case no rule handles
-    if done.returncode == 0 and reference is not None and _ranking(done.stdout) != _ranking(reference):
-        return "silent"
-    return "ok"
+        outcome = "traceback"  # graft's last-resort line counts as one: it is a case no rule handles
+    elif done.returncode == 0 and reference is not None and _ranking(done.stdout) != _ranking(reference):
+        outcome = "silent"
+    if outcome != "ok":
+        print(f"    {(done.stderr.strip().splitlines() or [''])[-1][:200]}", flush=True)
+    return outcome
 
 
 def _ranking(output: str) -> list:
@@ -126,7 +130,7 @@ def cli_cases(root: Path, run: Path, image: Path) -> Counter:
             outcome = classify([*GRAFT, "predict", str(copy), str(image), "--json", "--engine", engine], reference)
             totals[outcome] += 1
             if outcome != "ok":
-                print(f"  {outcome}: predict --engine {engine}, {case}")
+                print(f"  {outcome}: predict --engine {engine}, {case}", flush=True)
     fifo = root / "fifo.jpg"
     fifo.unlink(missing_ok=True)
     os.mkfifo(fifo)
@@ -156,7 +160,7 @@ def cli_cases(root: Path, run: Path, image: Path) -> Counter:
         outcome = classify(command, None, timeout=60)
         totals[outcome] += 1
         if outcome != "ok":
-            print(f"  {outcome}: {case}")
+            print(f"  {outcome}: {case}", flush=True)
     return totals
 
 

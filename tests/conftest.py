@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,18 @@ from PIL import Image
 from graft.config import GraftConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def shared_dataset(name: str) -> Path:
+    """``../shared/datasets/<name>``, the real plant data beside the checkout. A fresh clone has none: the test is
+    skipped there with the folder named; in CI (``CI`` set), where it must exist, its absence fails the test."""
+    folder = SHARED / name
+    if not folder.is_dir():
+        message = f"needs the real data in {folder} (absent: a clone without ../shared beside it)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must have it")
+        pytest.skip(message)
+    return folder
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
 
@@ -59,3 +74,29 @@ def tiny_config(tmp_path: Path) -> GraftConfig:
         "features": {"cache_dir": str(tmp_path / "cache"), "batch_size": 8, "num_workers": 0, "chunk_size": 8},
         "head": {"epochs": 6, "min_epochs": 2, "patience": 3, "width": 32, "repeats": 1},
     })
+
+
+# -- a served app, for the serving tests ------------------------------------------------------------------------------
+
+def ready_client(app):
+    """A TestClient of ``app`` whose model has loaded (/health 200)."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app)
+    client.__enter__()
+    return loaded(client)
+
+
+def loaded(client):
+    for _ in range(2400):  # 120 s: loading competes for 2 cores with the rest of a full test run
+        health = client.get("/health")
+        if health.status_code == 200:
+            return client
+        time.sleep(0.05)
+    raise AssertionError(f"model never loaded: {health.status_code} {health.text}")
+
+
+def png(colour=(200, 40, 40), size=(40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()

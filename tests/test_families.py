@@ -150,15 +150,25 @@ def tiny_clip(tmp_path):
     return open_clip, config
 
 
-def test_a_clip_image_tower_is_a_backbone_through_fit_export_and_predict(tiny_clip, folder_data, tiny_config,
-                                                                         tmp_path):
+def test_a_clip_image_tower_is_a_backbone_through_every_stage(tiny_clip, folder_data, tiny_config, tmp_path):
     backbone = create_backbone("open_clip:tiny-clip", pretrained=False, image_size=96)
     assert backbone.pooling == "embedding" and backbone.num_features == 32
     assert backbone.data_config["input_size"] == (3, 96, 96) and backbone.data_config["crop_pct"] == 1.0
     run = run_of("open_clip:tiny-clip", 64, folder_data, tiny_config, tmp_path)
     assert onnx_logits_equal_torch(run, torch.randn(2, 3, 64, 64)) < 1e-4
-    assert identify(load_engine(run, "onnx", device="cpu"), sorted(folder_data.rglob("*.png"))[:1]).ranking
+    photos = sorted(folder_data.rglob("*.png"))[:1]
+    assert identify(load_engine(run, "onnx", device="cpu"), photos).ranking
     assert family_optimizer(load_run(run, "cpu").backbone.model) == "adamw"
+    tuned = finetune(run, {"finetune.epochs": 1}, progress=False)
+    assert tuned.finetuned["optimizer"]["kind"] == "adamw"
+    (run / "model.onnx").unlink()
+    with TestClient(create_app(run, "auto", device="cpu")) as client:
+        for _ in range(600):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        answer = client.post("/v2/identify/all", files=[("images", (photos[0].name, photos[0].read_bytes()))])
+    assert answer.status_code == 200 and answer.json()["results"]
 
 
 def test_clip_weights_load_from_a_file_or_a_hub_folder_and_a_bare_name_asks_for_them(tiny_clip, tmp_path):

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from test_serving import png, ready_client
 from typer.testing import CliRunner
 
-from conftest import make_image
+from conftest import make_image, png, ready_client
 from graft.cli import app as cli
 from graft.config import GraftConfig
 from graft.data.images import load_rgb
@@ -398,3 +397,38 @@ def test_a_pickled_checkpoint_on_resume_is_one_line(run):
     files.last_checkpoint.write_bytes(pickle.dumps(math.pi.__class__))  # needs unpickling code: refused
     with pytest.raises(RunError, match="not a weights-only checkpoint"):
         finetune(run, {"finetune.epochs": 1, "device": "cpu"}, resume=True)
+
+
+# -- a kill at fine-tuning's end (N16) --------------------------------------------------------------------------------
+
+def test_a_commit_killed_after_its_journal_is_finished_by_the_next_reader(run, monkeypatch):
+    from graft.run import check_complete, layout, staged_commit, writing
+
+    files = RunFiles(run)
+
+    def killed(_files):  # the process dies once the journal is written, before any rename
+        raise KeyboardInterrupt
+
+    with writing(files, mark_incomplete=False):
+        monkeypatch.setattr(layout, "recover", killed)
+        with pytest.raises(KeyboardInterrupt), staged_commit(files) as stage:
+            stage.results.write_text('{"S": 0.5}')
+            stage.calibration.write_text('{"temperature": 2.0}')
+    monkeypatch.undo()
+    assert json.loads(files.results.read_text()).get("S") != 0.5  # nothing renamed yet
+    check_complete(files)  # the next reader finishes the commit
+    assert json.loads(files.results.read_text()) == {"S": 0.5}
+    assert json.loads(files.calibration.read_text()) == {"temperature": 2.0}
+    assert not (run / ".staged").exists()
+
+
+def test_a_commit_killed_before_its_journal_leaves_the_run_as_it_was(run):
+    from graft.run import staged_commit, writing
+
+    files = RunFiles(run)
+    head = files.head.read_bytes()
+    with pytest.raises(KeyboardInterrupt), writing(files, mark_incomplete=False), staged_commit(files) as stage:
+        stage.head.write_bytes(b"half a head")
+        raise KeyboardInterrupt
+    assert files.head.read_bytes() == head and files.results.is_file()
+    load_engine(run, "torch", device="cpu")  # still a complete, loadable run

@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import SHARED, make_image
+from conftest import make_image, shared_dataset
 from graft.data.manifest import load_manifest, read_csv, read_lifeclef
 from graft.errors import DataError
 
@@ -56,7 +56,7 @@ def test_lifeclef_reader_fields_test_tag_and_bad_xml(tmp_path):
 
 
 def test_real_lifeclef_directory():
-    manifest = load_manifest(SHARED / "leafsnap-dev")
+    manifest = load_manifest(shared_dataset("leafsnap-dev"))
     assert len(manifest) == 1148 and not manifest.problems
     assert sum(r.split == "test" for r in manifest) == 137
     assert {r.view for r in manifest} == {"Branch", "Flower", "Fruit", "Leaf", "Stem"}

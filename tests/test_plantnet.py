@@ -8,8 +8,8 @@ import logging
 
 import pytest
 from PIL import Image
-from test_serving import png, ready_client
 
+from conftest import png, ready_client
 from graft.serving.app import create_app
 from graft.serving.keys import KeyRing
 from graft.training.fit import fit

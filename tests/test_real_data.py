@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from conftest import SHARED
+from conftest import shared_dataset
 from graft.config import FeatureConfig
 from graft.data.demo import ELPV_CLASSES, elpv_manifest
 from graft.features.backbones import create_backbone
@@ -10,7 +10,7 @@ from graft.features.extract import extract_features
 
 
 def test_lite0_separates_two_real_species(tmp_path):
-    folders = sorted(p for p in (SHARED / "flavia").iterdir() if p.is_dir())[:2]
+    folders = sorted(p for p in shared_dataset("flavia").iterdir() if p.is_dir())[:2]
     paths = [sorted(folder.glob("*.jpg"))[:4] for folder in folders]
     result = extract_features(paths[0] + paths[1], create_backbone(),
                               FeatureConfig(cache_dir=str(tmp_path), batch_size=8, num_workers=0))

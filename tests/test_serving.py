@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import SHARED
+from conftest import loaded, png, ready_client, shared_dataset
 from graft.features import engines
 from graft.features.preparation import view_names
 from graft.serving.app import Limits, create_app
@@ -31,27 +31,6 @@ def graph_run(folder_data, tiny_config, tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "_sessions", {})
     fit(folder_data, tmp_path / "run", tiny_config)
     return tmp_path / "run"
-
-
-def ready_client(app) -> TestClient:
-    client = TestClient(app)
-    client.__enter__()
-    return loaded(client)
-
-
-def loaded(client: TestClient) -> TestClient:
-    for _ in range(2400):  # 120 s: loading competes for 2 cores with the rest of a full test run
-        health = client.get("/health")
-        if health.status_code == 200:
-            return client
-        time.sleep(0.05)
-    raise AssertionError(f"model never loaded: {health.status_code} {health.text}")
-
-
-def png(colour=(200, 40, 40), size=(40, 40)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def test_identify_ranks_labels_for_an_observation(run):
@@ -107,7 +86,7 @@ def test_a_decompression_bomb_is_a_413_with_the_fix_and_the_server_survives(run)
 
 def test_onnx_and_torch_agree_on_real_images(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "_sessions", {})  # as in a new process: the fit exports the graph into its cache
-    folders = sorted(p for p in (SHARED / "flavia").iterdir() if p.is_dir())[:2]
+    folders = sorted(p for p in shared_dataset("flavia").iterdir() if p.is_dir())[:2]
     for folder in folders:
         for path in sorted(folder.glob("*.jpg"))[:5]:
             target = tmp_path / "data" / folder.name / path.name

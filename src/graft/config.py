@@ -46,7 +46,9 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    format: Literal["auto", "folder", "csv", "lifeclef", "imagefolder"] = "auto"
+    format: Literal["auto", "folder", "csv", "lifeclef", "imagefolder"] = Field("auto", description=(
+        "How DATA is read: auto recognises a class-per-folder tree, a CSV, a LifeCLEF XML directory or a "
+        "Hugging Face imagefolder."))
     split_by: Literal["observation", "user"] = Field(
         "observation", description="What the validation split holds out: observations, or (user) whole photographers "
         "of a label - the regime a flora app meets; labels with one photographer stay in training.")
@@ -54,7 +56,8 @@ class DataConfig(_Section):
         default_factory=dict, description="CSV column mapping, graft field -> CSV column (e.g. label: species)."
     )
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="Validation share of the non-test part (3:1).")
-    seed: int = 0
+    seed: int = Field(0, description=(
+        "Seed of the train/validation split: the same seed gives the same split."))
     default_view: str | None = Field(None, description="View for images without one, e.g. LeafScan for a scan set.")
     taxonomy: str | None = Field(
         None, description="CSV of label, genus, family, authorship, common_names (;-separated), gbif: completes the "
@@ -71,16 +74,19 @@ class BackboneConfig(_Section):
         "average for CNNs); another changes the features.")
     pretrained: bool = Field(True, description="False = seeded random weights (tests, smoke runs).")
     channels_last: bool = Field(
-        True, description="NHWC memory layout: 1.4-1.5x faster CPU inference here (bench/finetune.py, bench/extract.py)."
+        True, description=(
+        "NHWC memory layout: faster CPU inference for convolutional networks; in the cache key, as it moves "
+        "the last float bits.")
     )
     image_size: int | None = Field(None, ge=16, description="Input resolution; None = the weights' own.")
     crop_mode: Literal["center", "squash", "border"] | None = Field(
-        None, description="How an image is framed to the square input (timm's eval crop_mode): center crops the "
-        "middle, squash resizes the whole image to the square, border fits it whole and pads; None = the weights' "
-        "own (center). Out of fold, the centre crop led on leafsnap-dev and seedlings (README).")
+        None, description=(
+        "How an image is framed to the square input (timm's eval crop_mode): center crops the middle, "
+        "squash resizes it whole, border pads it; None = the weights' own."))
     crop_pct: float | None = Field(
-        None, gt=0, le=1, description="Share of the resized image the crop keeps (timm's crop_pct; 1 = nothing cut "
-        "beyond the aspect ratio); None = the weights' own (0.875 for Lite0).")
+        None, gt=0, le=1, description=(
+        "Share of the resized image the crop keeps (timm's crop_pct; 1 = nothing cut beyond the aspect "
+        "ratio); None = the weights' own."))
 
 
 class FeatureConfig(_Section):
@@ -91,16 +97,17 @@ class FeatureConfig(_Section):
         None, ge=0, description="Decode threads, preparing the next batch while the backbone runs the current one "
         "(PIL and onnxruntime release the GIL); 0 = decode in the main thread; None = one per core.")
     engine: Literal["auto", "onnx", "torch"] = Field(
-        "auto", description="The backbone's forward for extraction and prediction: onnx = ONNX Runtime (2x torch on "
-        "this CPU, features within 1e-4 of torch's, so caches are shared); auto = onnx when the backbone exports.")
+        "auto", description=(
+        "The backbone's forward for extraction and prediction: onnx = ONNX Runtime (faster on a CPU, "
+        "features within 1e-4, so caches are shared); auto = onnx where it exports."))
     chunk_size: int = Field(256, ge=1, description="Images per cache chunk: what a killed run can lose at most.")
     train_views: int = Field(
         0, ge=0, description="Augmented views per training image (the one-group augmentation of finetune.augment), "
         "extracted once, cached, and trained on beside the originals; cross-fitting scores originals only.")
     decode: Literal["reduced", "full"] = Field(
-        "reduced", description="reduced: JPEGs decoded at the smallest DCT scale that still covers the backbone's resize "
-        "size (extraction 3x faster on 12 MP photos here, bench/extract.py --phone; part of the cache key); "
-        "full: every pixel.")
+        "reduced", description=(
+        "reduced: JPEGs decoded at the smallest DCT scale that still covers the backbone's input (much "
+        "faster on phone photos; in the cache key); full: every pixel."))
 
 
 HeadKind = Literal["auto", "mlp", "linear", "prototype"]
@@ -108,111 +115,120 @@ HeadKind = Literal["auto", "mlp", "linear", "prototype"]
 
 class HeadConfig(_Section):
     kind: HeadKind = Field(
-        "auto", description="auto = the linear head and the MLP over their grids, chosen out of fold (head.within_se, "
-        "head.robustness); mlp = the seed's head; prototype = cosine to class means (never chosen by auto: on new "
-        "photographers it scored at or below logistic regression, docs/decisions.md).")
+        "auto", description=(
+        "auto = the linear head and the MLP over their grids, chosen out of fold; mlp = the founding "
+        "recipe's head; linear; prototype = cosine to class means."))
     selection: Literal["crossfit", "holdout"] = Field(
         "crossfit", description="crossfit: K folds over the non-evaluation part choose the head by out-of-fold S; "
                                 "holdout: early stopping on the validation split (the previous default, MLP only).")
     folds: int = Field(5, ge=2, description="K of the cross-fitting, grouped as head.group_by says, stratified by label.")
     group_by: Literal["auto", "observation", "user"] = Field(
-        "auto", description="What a fold never cuts in two: an observation, or (user) everything one photographer took "
-        "of a label, so out of fold means new photographers, as in deployment; auto = user where a label has two "
-        "or more photographers, else observation.")
+        "auto", description=(
+        "What a fold never cuts in two: an observation, or (user) all one photographer took of a label, so "
+        "out of fold means new photographers; auto = user where it can."))
     within_se: float = Field(
-        1.0, ge=0, description="Candidates within this many standard errors (of their per-fold S differences) of the "
-        "best out-of-fold S are level with it; among them the family first in head.robustness is shipped (0 = the "
-        "best S always).")
+        1.0, ge=0, description=(
+        "Candidates within this many standard errors of the best out-of-fold S are level; among them the "
+        "first family in head.robustness wins (0 = the best S always)."))
     robustness: list[Literal["mlp", "linear", "prototype"]] = Field(
-        default_factory=lambda: ["mlp", "linear", "prototype"], description="Families from most to least robust "
-        "under new photographers: the MLP bag (its fold heads averaged) held up best, docs/decisions.md.")
+        default_factory=lambda: ["mlp", "linear", "prototype"], description=(
+        "Families from most to least robust under new photographers, which breaks ties: an averaged bag of "
+        "heads holds up best under dataset shift."))
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0],
                                 description="Inverse L2 strengths tried for the linear head.")
     c: float = Field(0.1, gt=0, description="The linear head's inverse L2 strength (cross-fitting writes the chosen).")
     epoch_grid: list[int] = Field(
-        default_factory=lambda: [5, 10, 15, 20], description="MLP epoch counts tried by cross-fitting, in order: the K "
-        "fold heads train side by side and stop at the first count whose out-of-fold S does not beat the best before "
-        "it by more than grid_min_gain, while the MLP trails the other families. 40 was dropped: in 12 cross-fits "
-        "(ELPV, seedlings, leafsnap-dev, flavia x 3 seeds) it never changed the choice, and it doubled the MLP's cost. "
-        "It starts at 5: on leafsnap-dev the MLP's out-of-fold S dips at 2-4 epochs before it climbs, and a grid from "
-        "2 stopped it there (bench/epochs.py).")
+        default_factory=lambda: [5, 10, 15, 20], description=(
+        "MLP epoch counts cross-fitting tries, in order; it stops at a tie while the MLP trails: epochs "
+        "that out-of-fold S does not reward cost time for nothing."))
     grid_min_gain: float = Field(
-        0.005, ge=0, description="The out-of-fold S by which an MLP epoch count must beat the best count before it "
-        "for training to go on (less is a tie, and ties keep the shorter count) while the MLP trails the other "
-        "families; where it leads, the grid runs to its end. Where the MLP is flat (ELPV 0.845, "
-        "0.848, 0.840 at 5, 10, 15; seedlings, flavia) gains of 0.001-0.004 cost 5 more epochs each, for a head the "
-        "linear one beat anyway; leafsnap-dev's MLP climbs by 0.007-0.11 a step, and leads.")
+        0.005, ge=0, description=(
+        "Out-of-fold S an MLP epoch count must gain over the best before it to go on (less is a tie; ties "
+        "keep the shorter count) while the MLP trails."))
     scale: float = Field(20.0, gt=0, description="Prototype head: cosine similarity x scale = logits.")
     mlp_min_images_per_class: float = Field(
-        0.0, ge=0, description="auto tries the MLP only with this many training images per class (0 = always). "
-        "It costs ~10x the other heads, but on leafsnap it won out of fold and on Test (bench/accuracy.py).")
+        0.0, ge=0, description=(
+        "auto tries the MLP only with this many training images per class (0 = always): it costs several "
+        "times the other heads."))
     bag: bool = Field(
-        True, description="MLP: the final head is the K fold heads cross-fitting trained, their probabilities "
-        "averaged, instead of one head refit on everything. Nested cross-fitting (outer 5 folds, 3 seeds) gave the bag "
-        "+0.021 S on leafsnap-dev, +0.015 seedlings, +0.008 ELPV, level on flavia, and it skips the refit.")
+        True, description=(
+        "MLP: ship the K fold heads of cross-fitting, their probabilities averaged, instead of one head "
+        "refit on everything: steadier, and no refit."))
     repeats: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto", description="Cross-fitting repeats, each with its own folds and heads: every training image's "
-        "out-of-fold probability is the mean of R heads that never saw it, and the MLP's bag holds all R x K fold "
-        "heads. auto: 3 where the training part has fewer than head.repeat_below_images_per_class images per class "
-        "(and its features are in memory), else 1. On leafsnap-dev (11 per class) 3 repeats raised Test S from "
-        "0.531 to 0.566 with Lite0 and from 0.593 to 0.611 with Lite0+Lite2 (10 seeds), for 3x the head's seconds.")
+        "auto", description=(
+        "Cross-fitting repeats, each with its own folds; auto: 3 below head.repeat_below_images_per_class "
+        "images per class, else 1: few-shot choices are noisy."))
     repeat_below_images_per_class: float = Field(
         20.0, ge=0, description="repeats: auto repeats cross-fitting where classes have fewer training images than this:"
         " few images per class is where a bag's heads disagree most, and where a head takes seconds.")
     genus_weight: float = Field(
-        1.0, ge=0, description="Genus-aware ranking: a species' score adds this times the log of its genus's mean "
-        "probability (model.head.GenusPrior). On new photographers' photos the head knows the genus far more often "
-        "than the species; 0 = off; labels without shared genera are left alone. docs/decisions.md.")
+        1.0, ge=0, description=(
+        "Genus-aware ranking: a species' score adds this times the log of its genus's mean probability (0 = "
+        "off): a new photo's genus is easier than its species."))
     power: float = Field(
-        0.5, gt=0, le=1, description="Power normalisation of the features before standardisation, sign(x) |x|^power "
-        "(1 = off). Pooled ReLU features are sparse and heavy-tailed (Lite0 on leafsnap-dev: 41% exact zeros); the "
-        "square root evens them out. Out of fold it was level on 8 dataset x backbone pairs; their evaluation parts, "
-        "never chosen on, were level or higher in all 8; bench/accuracy.py, leafsnap-dev Test, 10 seeds: default S "
-        "0.520 -> 0.566, Lite0 at 320 px 0.591 -> 0.593.")
+        0.5, gt=0, le=1, description=(
+        "Power normalisation sign(x)|x|^power before standardising (1 = off): pooled ReLU features are "
+        "sparse and heavy-tailed, and a square root evens them out."))
     members: int = Field(1, ge=1, description="MLP heads averaged in the final head (cross-fitting writes R x K with bag).")
-    hidden_layers: int = Field(3, ge=0)
-    width: int = Field(512, ge=1)
-    activation: Literal["selu", "relu", "gelu", "silu"] = "selu"
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    hidden_layers: int = Field(3, ge=0, description="MLP hidden layers (the founding recipe: 3).")
+    width: int = Field(512, ge=1, description=(
+        "Units per MLP hidden layer (the founding recipe: 512)."))
+    activation: Literal["selu", "relu", "gelu", "silu"] = Field("selu", description=(
+        "MLP activation; SELU (the founding recipe) keeps activations normalised without BatchNorm."))
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description=(
+        "Dropout after each MLP hidden layer (the founding recipe: 0.5): heavy, because few-shot heads "
+        "overfit."))
     epochs: int = Field(80, ge=1, description="MLP epochs (holdout: the upper bound for early stopping).")
-    patience: int = Field(10, ge=1)
+    patience: int = Field(10, ge=1, description=(
+        "holdout selection: epochs without a better validation loss before the MLP stops."))
     min_epochs: int = Field(
         10, ge=1, description="Floor on the refit's epochs (a tiny validation part can pick epoch 1)."
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description=(
-        "Softens the MLP's targets; 0 = plain cross-entropy. 0.1 lowered leafsnap-dev's out-of-fold S (0.133 -> 0.120 at "
-        "224 px, 0.218 -> 0.213 at 320; 3 seeds) and left seedlings' and flavia's head choice unchanged."))
+
+        "Softens the MLP's targets (0 = plain cross-entropy); off by default, as it did not help out of "
+        "fold."))
     refit: bool = Field(
         True, description="When the data has its own test part, retrain on train+val for the chosen epoch count."
     )
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1, description="128: same S as 64 on ELPV and leafsnap, 20% faster; 256 hurt leafsnap.")
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate for the MLP.")
+    weight_decay: float = Field(0.0, ge=0, description=(
+        "Adam's weight decay for the MLP (dropout already regularises it)."))
+    batch_size: int = Field(128, ge=1, description=(
+        "MLP minibatch size: as accurate as smaller batches, and faster."))
     class_weights: str = Field("none", description="none, auto (inverse frequency) or a CSV/JSON file label->weight.")
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
-        "auto", description="The MLP's training matmuls: bf16-mixed multiplies in bfloat16 (weights, optimizer and "
-        "predictions stay float32); auto: bf16-mixed where the CPU multiplies bfloat16 natively (AVX512-BF16, AMX), "
-        "else 32-true. On AVX512-BF16 it trained the fold heads 1.5x faster, out-of-fold S level (ELPV, leafsnap-dev, "
-        "flavia x 3 seeds x 4 epoch counts: mean difference within 0.001).")
+        "auto", description=(
+        "The MLP's training matmuls: bf16-mixed multiplies in bfloat16 (weights stay float32); auto = "
+        "bf16-mixed where the CPU or GPU does it natively."))
     memory_mb: float = Field(
-        4096, ge=0, description="Cross-fitting streams the training features from a row file in the cache directory "
+        4096.0, ge=0, description="Cross-fitting streams the training features from a row file in the cache directory "
         "instead of memory when they are larger than this (0 = always stream).")
-    seed: int = 0
+    seed: int = Field(0, description=(
+        "Seed of the folds and the heads' initialisation: the same seed gives the same head."))
 
 
 class ViewsConfig(_Section):
-    """Per-view preprocessing (seed 002, "Image Preprocessing"). Sigmas are in original-image pixels."""
+    """Per-view preprocessing, as in the founding recipe's image preprocessing. Sigmas are in original-image pixels."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description=(
+        "Crop Flower/Fruit/Leaf/Stem photos to their subject and whiten LeafScan backgrounds before "
+        "extraction."))
     off: list[str] = Field(default_factory=list, description="Views to leave unchanged even when enabled.")
-    flower_fruit_sigma: float = Field(2.5, gt=0)
+    flower_fruit_sigma: float = Field(2.5, gt=0, description=(
+        "Gaussian blur (pixels) before the active contour of Flower and Fruit photos."))
     leaf_cut: float = Field(0.1, ge=0, lt=0.5, description="Fraction cut from every side of Leaf images first.")
-    leaf_sigma: float = Field(2.0, gt=0)
-    stem_cut: float = Field(0.2, ge=0, lt=0.5)
-    stem_sigma: float = Field(2.0, gt=0)
+    leaf_sigma: float = Field(2.0, gt=0, description=(
+        "Gaussian blur (pixels) before the active contour of Leaf photos."))
+    stem_cut: float = Field(0.2, ge=0, lt=0.5, description=(
+        "Fraction cut from every side of Stem photos first: bark fills the frame and its edges are "
+        "background."))
+    stem_sigma: float = Field(2.0, gt=0, description=(
+        "Gaussian blur (pixels) before the active contour of Stem photos."))
     work_size: int = Field(128, ge=32, description="Contours run on a copy this many pixels high/wide at most.")
     iterations: int = Field(40, ge=1, description="Morphological Chan-Vese iterations.")
-    smoothing: int = Field(2, ge=0, le=4)
+    smoothing: int = Field(2, ge=0, le=4, description=(
+        "Morphological Chan-Vese smoothing steps per iteration (0-4)."))
     margin: float = Field(0.05, ge=0, lt=0.5, description="Box grown by this fraction of its size on every side.")
     square: bool = Field(
         True, description="Grow the box to a square around the subject, so the backbone's centre crop keeps all of it."
@@ -225,34 +241,39 @@ class ViewsConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """The seed's scheme: with probability ``p`` apply exactly ONE group, chosen at random; otherwise the real image."""
+    """The founding recipe's scheme: with probability ``p`` exactly ONE group, chosen at random; else the real image."""
 
-    p: float = Field(0.8, ge=0.0, le=1.0)
+    p: float = Field(0.8, ge=0.0, le=1.0, description=(
+        "Chance that a training image is augmented at all (the founding recipe: 0.8); otherwise the network "
+        "sees the real photo."))
     groups: list[Literal["hflip", "rotate", "zoom", "contrast", "brightness", "noise"]] = Field(
-        default_factory=lambda: ["hflip", "rotate", "zoom", "contrast", "brightness", "noise"]
-    )
+        default_factory=lambda: ["hflip", "rotate", "zoom", "contrast", "brightness", "noise"], description=(
+        "Transform groups; an augmented image gets exactly one, chosen at random, so it stays a plausible "
+        "photo."))
     weights: list[float] | None = Field(None, description="Relative chance of each group; None = equal.")
-    rotate_degrees: float = Field(15.0, ge=0)
+    rotate_degrees: float = Field(15.0, ge=0, description="Largest rotation, either way.")
     zoom: float = Field(1.25, ge=1.0, description="Maximum zoom-in factor.")
-    contrast: float = Field(0.3, ge=0)
-    brightness: float = Field(0.3, ge=0)
+    contrast: float = Field(0.3, ge=0, description="Largest contrast change, as a fraction.")
+    brightness: float = Field(0.3, ge=0, description="Largest brightness change, as a fraction.")
     noise_sigma: float = Field(0.03, ge=0, description="Gaussian noise std on [0, 1] pixels.")
 
 
 class FineTuneConfig(_Section):
-    """Stage 4: the head on the backbone, the whole network trained further with SGD at a low learning rate."""
+    """Fine-tuning: the head on the backbone, the whole network trained further at a low learning rate."""
 
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description=(
+        "Most epochs; early stopping on validation loss usually ends sooner."))
     max_minutes: float | None = Field(
         None, gt=0, description="Wall-clock budget: training stops when it runs out and the best finished epoch is "
         "kept (minutes x cores = CPU minutes). None = no budget.")
     optimizer: Literal["auto", "sgd", "adamw"] = Field(
-        "auto", description="auto: sgd for networks with BatchNorm (EfficientNet, MobileNet, ResNet), adamw with "
-        "layer-wise LR decay and warm-up for LayerNorm ones (ViT, DINOv2, ConvNeXt, CLIP towers): how each family is "
-        "fine-tuned in its papers (graft.training.optimizers).")
+        "auto", description=(
+        "auto: sgd for BatchNorm networks (EfficientNet, ResNet), adamw with layer decay and warm-up for "
+        "LayerNorm ones (ViT, ConvNeXt, CLIP), as each family is tuned."))
     lr: float | None = Field(
-        None, gt=0, description="None: the optimizer's, sgd 1e-4 (1e-3 at batch 16 wrecked the Lite0 head on "
-        "leafsnap in 1 epoch), adamw 3e-5.")
+        None, gt=0, description=(
+        "Learning rate; None = the optimizer's (sgd 1e-4, adamw 3e-5): low, so the pretrained features are "
+        "adjusted, not overwritten."))
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum.")
     weight_decay: float | None = Field(None, ge=0, description="None: sgd 1e-4, adamw 0.05 (weights only).")
     layer_decay: float | None = Field(
@@ -263,33 +284,42 @@ class FineTuneConfig(_Section):
     backbone_lr_scale: float = Field(1.0, gt=0, description="Backbone LR = lr x this (e.g. 0.1 to move it less).")
     train_blocks: int | None = Field(None, ge=0, description="Train only the top N backbone stages; None = all.")
     freeze_bn: bool = Field(True, description="Keep BatchNorm in inference mode (Keras' transfer-learning advice).")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="Images per training step.")
     patience: int = Field(3, ge=1, description="Early stopping patience on validation loss.")
-    plateau_patience: int = Field(1, ge=0)
-    plateau_factor: float = Field(0.1, gt=0, lt=1)
+    plateau_patience: int = Field(1, ge=0, description=(
+        "Epochs without a better validation loss before ReduceLROnPlateau lowers the learning rate."))
+    plateau_factor: float = Field(0.1, gt=0, lt=1, description="ReduceLROnPlateau's factor on the learning rate.")
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed on a GPU that multiplies bfloat16 natively, else 32-true (on a CPU "
         "channels_last float32 trains faster than bf16).")
-    channels_last: bool = Field(True, description="NHWC: 1.58x fp32 training speed here; bf16 gave 1.17x.")
+    channels_last: bool = Field(True, description=(
+        "NHWC memory layout while training: faster for convolutional networks on CPUs and GPUs."))
     compile: bool = Field(
-        False, description="torch.compile the training step (eager if compiling fails). Off: 1.03-1.44x (median "
-        "1.04x) the eager fp32 NHWC step in 3 runs of bench/finetune.py here, for ~1.5 min of compiling.")
-    num_workers: int | None = Field(None, ge=0)
+        False, description=(
+        "torch.compile the training step (eager if compiling fails); off by default, as its minutes of "
+        "compiling did not pay back on short runs."))
+    num_workers: int | None = Field(None, ge=0, description=(
+        "DataLoader worker processes; None = from the host's cores."))
     min_vote: float | None = Field(None, description="Drop training images whose vote is below this.")
-    devices: int = Field(1, ge=1)
-    num_nodes: int = Field(1, ge=1)
-    seed: int = 0
+    devices: int = Field(1, ge=1, description=(
+        "GPUs (or CPU processes) per node; more than one trains under DDP."))
+    num_nodes: int = Field(1, ge=1, description=(
+        "Machines for DDP training (torchrun or SLURM starts them)."))
+    seed: int = Field(0, description=(
+        "Seed of the loaders, augmentation and initialisation; --resume restores its streams."))
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
 class PredictConfig(_Section):
     fusion: FusionRule | Literal["auto"] = Field(
-        "mean", description="How an observation's images combine. auto: `graft fit` picks the rule with the best "
-        "out-of-fold S (a gain of at least 0.01 over mean; the run keeps the rule it picked). Not the default: on "
-        "leafsnap-dev out-of-fold S preferred geometric/borda by ~0.014 while on Test every rule was within 0.006.")
-    top_k: int = Field(5, ge=1)
+        "mean", description=(
+        "How an observation's photos combine: mean, max, geometric or borda; auto = the rule with the best "
+        "out-of-fold S, if it beats mean by 0.01."))
+    top_k: int = Field(5, ge=1, description="Labels listed per answer.")
     tta: list[Literal["hflip", "rotate", "zoom", "bright", "contrast"]] = Field(
-        default_factory=list, description="Test-time views besides the original (seed: hflip rotate zoom bright contrast)."
+        default_factory=list, description=(
+        "Test-time views besides the original (hflip rotate zoom bright contrast); their predictions are "
+        "averaged.")
     )
     calibrate: bool = Field(True, description="Temperature-scale probabilities (fitted on the validation split).")
     reject_threshold: float | None = Field(
@@ -299,9 +329,9 @@ class PredictConfig(_Section):
 
 class GraftConfig(_Section):
     device: str = Field(
-        "auto", description="Where fit, extract and finetune compute: auto (a CUDA GPU, then Apple MPS, else the "
-        "CPU), cpu, cuda, cuda:N or mps. Commands that use a finished run take --device instead (default auto): "
-        "a run moves between machines.")
+        "auto", description=(
+        "Where fit, extract and finetune compute: auto (a CUDA GPU, then Apple MPS, else the CPU), cpu, "
+        "cuda, cuda:N or mps."))
     data: DataConfig = Field(default_factory=DataConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -370,6 +400,20 @@ class GraftConfig(_Section):
                 else:
                     keys.append(f"{prefix}{name}")
             return keys
+
+        return walk(self, "")
+
+    def reference(self) -> list[tuple[str, Any, str]]:
+        """(dotted name, value, description) of every setting, in declaration order: what `graft config` lists."""
+        def walk(model: BaseModel, prefix: str) -> list[tuple[str, Any, str]]:
+            rows = []
+            for name, field in type(model).model_fields.items():
+                value = getattr(model, name)
+                if isinstance(value, BaseModel):
+                    rows += walk(value, f"{prefix}{name}.")
+                else:
+                    rows.append((f"{prefix}{name}", value, field.description or ""))
+            return rows
 
         return walk(self, "")
 

@@ -12,7 +12,7 @@ TABLE_COLUMNS = (("S", "S"), ("Top-1", "top1"), ("Top-3", "top3"), ("Top-5", "to
 
 
 def results_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """A Markdown table, one row per (model name, results) pair, in the seed's columns plus speed."""
+    """A Markdown table, one row per (model name, results) pair, in the founding recipe's columns plus speed."""
     header = "| model | " + " | ".join(title for title, _ in TABLE_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
     for name, results in rows:
@@ -44,3 +44,33 @@ def _cell(value: Any, speed: bool = False) -> str:
     if isinstance(value, float):
         return f"{value:.1f}" if value >= 10 else f"{value:.4f}"
     return "-" if value is None else str(value)
+
+
+def for_width(markdown: str, width: int) -> str:
+    """``markdown`` with every table that would not fit ``width`` columns restacked: each row's first cell (a model's
+    or head's name) as a line of its own, then its other cells as ``title value`` pairs that wrap. A terminal of 80
+    columns then shows whole names instead of squeezing them into a few letters per line."""
+    lines, out, index = markdown.split("\n"), [], 0
+    while index < len(lines):
+        if not (lines[index].startswith("|") and index + 1 < len(lines) and lines[index + 1].startswith("|---")):
+            out.append(lines[index])
+            index += 1
+            continue
+        end = index + 2
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        table = [_cells(line) for line in [lines[index], *lines[index + 2:end]]]
+        widths = [max(len(row[i]) if i < len(row) else 0 for row in table) for i in range(len(table[0]))]
+        if sum(widths) + 3 * len(widths) + 1 <= width:
+            out += lines[index:end]
+        else:
+            titles = table[0]
+            for row in table[1:]:
+                pairs = " · ".join(f"{title} {value}" for title, value in zip(titles[1:], row[1:], strict=False))
+                out += [f"**{row[0]}**", "", pairs, ""]
+        index = end
+    return "\n".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]

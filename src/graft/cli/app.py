@@ -115,5 +115,14 @@ def tta_names(enabled: bool | None) -> list[str] | None:
     return None if enabled is None else (list(DEFAULT_TTA) if enabled else [])
 
 
+def show_markdown(text: str) -> None:
+    """Markdown at the terminal, tables restacked where they would not fit its width (:func:`graft.tables.for_width`)."""
+    from rich.markdown import Markdown
+
+    from graft.tables import for_width
+
+    console.print(Markdown(for_width(text, console.width)))
+
+
 def warn(text: str) -> None:
     error_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)

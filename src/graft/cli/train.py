@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markdown import Markdown
 
 from graft.cli.app import (
     BackboneOpt,
@@ -14,16 +13,24 @@ from graft.cli.app import (
     ConfigOpt,
     DataArg,
     DeviceOpt,
+    FusionOpt,
     QuietOpt,
     app,
     columns,
     console,
     error_console,
     load_config,
+    show_markdown,
     tta_names,
     warn,
 )
 from graft.errors import ConfigError
+
+
+def _hold_out(value: str | None) -> str | None:
+    if value not in (None, "observation", "user"):
+        raise typer.BadParameter(f"{value!r} is not observation or user")
+    return value
 
 
 @app.command()
@@ -36,19 +43,22 @@ def fit(
     pooling: Annotated[str | None, typer.Option(help=(
         "auto (the weights' own: the class token for ViTs, the average for CNNs), avg, max or token."))] = None,
     image_size: Annotated[int | None, typer.Option(help=(
-        "Input resolution (default: the weights' own). 320 with Lite0 is the README's recipe: higher out-of-fold "
-        "S on plant photos, 2x the extraction time."))] = None,
+        "Input resolution (default: the weights' own). 320 with Lite0 is the plant recipe (configs/plants.yaml): "
+        "higher out-of-fold S on plant photos, 2x the extraction time."))] = None,
     cache_dir: CacheOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum head epochs (early stopping ends sooner).")] = None,
-    hidden_layers: Annotated[int | None, typer.Option(help="Dense layers in the head (seed: 3).")] = None,
-    width: Annotated[int | None, typer.Option(help="Units per dense layer (seed: 512).")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout after each dense layer (seed: 0.5).")] = None,
+    hidden_layers: Annotated[int | None, typer.Option(help="Dense layers in the head (founding recipe: 3).")] = None,
+    width: Annotated[int | None, typer.Option(help="Units per dense layer (founding recipe: 512).")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout after each dense layer (founding recipe: 0.5).")] = None,
     class_weights: Annotated[str | None, typer.Option(help="none or auto (inverse class frequency).")] = None,
     repeats: Annotated[str | None, typer.Option(
         help="Cross-fitting repeats: a count, or auto (3 on few-shot data, see head.repeat_below_images_per_class).")
     ] = None,
-    fusion: Annotated[str | None, typer.Option(help="Observation fusion: mean, max, geometric, borda.")] = None,
+    fusion: FusionOpt = None,
     val_fraction: Annotated[float | None, typer.Option(help="Validation share of the non-test part (0.25 = 3:1).")] = None,
+    hold_out: Annotated[str | None, typer.Option(
+        help="What the validation split holds out: observation, or user (whole photographers, as a flora app meets "
+             "them; data.split_by).", callback=_hold_out)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the split and the head.")] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="auto, folder, csv or lifeclef.")] = None,
     column: Annotated[list[str], typer.Option(help="CSV column mapping FIELD=COLUMN, repeatable.")] = [],  # noqa: B006
@@ -68,7 +78,7 @@ def fit(
         backbone__image_size=image_size, features__cache_dir=str(cache_dir) if cache_dir else None,
         head__epochs=epochs, head__hidden_layers=hidden_layers, head__width=width, head__dropout=dropout,
         head__class_weights=class_weights, head__repeats=repeats, predict__fusion=fusion,
-        data__val_fraction=val_fraction, data__seed=seed, head__seed=seed, data__format=data_format,
+        data__val_fraction=val_fraction, data__split_by=hold_out, data__seed=seed, head__seed=seed, data__format=data_format,
         data__columns=columns(column) or None,
         views__enabled=views, data__default_view=default_view, predict__tta=tta_names(tta),
         data__taxonomy=str(taxonomy.resolve()) if taxonomy else None, device=device,
@@ -86,7 +96,7 @@ def _print_run(result) -> None:
     if result.problems:
         error_console.print(f"[yellow]{len(result.problems)} problem(s) skipped[/], listed in {files.problems}",
                             highlight=False, soft_wrap=True)
-    console.print(Markdown(files.results_md.read_text()))
+    show_markdown(files.results_md.read_text())
     r = result.results
     console.print(
         f"features: {r['features_extracted']} extracted ({r['extraction_seconds']:.1f}s), "
@@ -140,7 +150,7 @@ def finetune(
     if result.interrupted:
         error_console.print(f"interrupted after epoch {result.epochs}; continue with --resume", highlight=False)
         raise typer.Exit(1)
-    console.print(Markdown(RunFiles(run).results_md.read_text()))
+    show_markdown(RunFiles(run).results_md.read_text())
     console.print(f"kept [bold]{result.kept}[/]; {result.epochs} epochs in {result.seconds:.0f}s; "
                   f"curves in {RunFiles(run).curves}")
 
@@ -163,7 +173,7 @@ def ensemble(
         except ValueError as error:
             raise ConfigError(f"--weights expects numbers like 0.6,0.4, got {weights!r}") from error
     make_ensemble(runs, out, parsed, fit_weights)
-    console.print(Markdown(RunFiles(out).results_md.read_text()))
+    show_markdown(RunFiles(out).results_md.read_text())
 
 
 @app.command()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markdown import Markdown
 from rich.table import Table
 
 from graft.cli.app import (
@@ -21,6 +20,7 @@ from graft.cli.app import (
     app,
     console,
     error_console,
+    show_markdown,
     tta_names,
 )
 from graft.errors import ConfigError, GraftError
@@ -49,7 +49,7 @@ def evaluate(
     if as_json:
         print(json.dumps(results, indent=2))
     else:
-        console.print(Markdown(results_table([(f"{run.name} on {data.name}", results)])))
+        show_markdown(results_table([(f"{run.name} on {data.name}", results)]))
 
 
 @app.command()
@@ -109,7 +109,7 @@ def report(
     from graft.evaluation.report import build_report
 
     page = build_report(runs, out, tta, device or "auto")
-    console.print(Markdown((out / "report.md").read_text().split("\n## ")[0]))
+    show_markdown((out / "report.md").read_text().split("\n## ")[0])
     console.print(f"report: {page} (self-contained HTML) and {out / 'report.md'}")
 
 

@@ -1,4 +1,4 @@
-"""Stage 1, the data: decoding images safely, manifest readers (folder, CSV, LifeCLEF XML), splits, inspection."""
+"""The data: decoding images safely, manifest readers (folder, CSV, LifeCLEF XML), splits, inspection."""
 
 from graft.data.images import is_image_path, load_rgb
 from graft.data.manifest import ImageRecord, Manifest, load_manifest, read_csv

@@ -1,4 +1,4 @@
-"""Stage 6, evaluation: LifeCLEF S and top-k per observation (``metrics.py``), ``graft evaluate`` (``evaluate.py``),
+"""Evaluation: LifeCLEF S and top-k per observation (``metrics.py``), ``graft evaluate`` (``evaluate.py``),
 ``graft report`` (``report.py``, ``plots.py``). ``graft.evaluate`` is the function; this package re-exports nothing
 that would shadow its modules."""
 

@@ -1,4 +1,4 @@
-"""Stage 3, bottleneck features: timm backbones (offline weights where a package ships them), one preprocessing
+"""Bottleneck features: timm backbones (offline weights where a package ships them), one preprocessing
 path per image, test-time views, and the content-addressed feature cache."""
 
 from graft.lazy import LazyExports

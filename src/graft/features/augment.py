@@ -1,4 +1,4 @@
-"""Training augmentation as in seed 002: realistic transforms in groups, at most ONE group per image.
+"""Training augmentation as in the founding recipe: realistic transforms in groups, at most ONE group per image.
 
 With probability ``p`` (0.8) one group is drawn at random and applied; otherwise the network sees the real image.
 Stacking many transforms at once makes images the network never meets in reality and slows convergence.

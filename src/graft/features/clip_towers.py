@@ -39,7 +39,7 @@ class ClipImageTower(nn.Module):
         """timm's parameter grouping (layer-wise LR decay, ``finetune.train_blocks``): the stem, then each block of
         a ViT tower (``resblocks.N``), a ResNet tower (``layerN``) or a timm trunk (``blocks.N``/``stages.N``);
         the pooling and projection come last."""
-        return {"stem": r"^visual\.(conv1|class_embedding|positional_embedding|ln_pre|bn\d|conv\d|trunk\.patch_embed|"
+        return {"stem": r"^visual\.(?:conv1|class_embedding|positional_embedding|ln_pre|bn\d|conv\d|trunk\.patch_embed|"
                         r"trunk\.stem|trunk\.cls_token|trunk\.pos_embed)",
                 "blocks": [(r"^visual\.transformer\.resblocks\.(\d+)", None), (r"^visual\.layer(\d+)", None),
                            (r"^visual\.trunk\.(?:blocks|stages)\.(\d+)", None)]}

@@ -1,4 +1,4 @@
-"""Stage 4, the model: the head network, a trained classifier, ensembles, observation fusion, calibration, and the
+"""The model: the head network, a trained classifier, ensembles, observation fusion, calibration, and the
 one :class:`Identification` shape every interface answers with."""
 
 from graft.lazy import LazyExports

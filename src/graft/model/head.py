@@ -1,7 +1,7 @@
 """Heads on bottleneck features: the networks, not their training (:mod:`graft.training.families`).
 
 Three kinds, one storage format (safetensors) and one inference path (``predict_logits``):
-  mlp        the seed's dense head: 3 x 512 SELU, dropout 0.5, softmax
+  mlp        the founding recipe's dense head: 3 x 512 SELU, dropout 0.5, softmax
   linear     multinomial logistic regression on standardised features (what few-shot data needs)
   prototype  cosine similarity to each class's mean feature (nearest class mean), times a scale
 An MLP may be a :class:`HeadBag` of several (cross-fitting's fold heads), whose output is their averaged probability.

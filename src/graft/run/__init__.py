@@ -20,7 +20,7 @@ from graft.errors import RunError
 from graft.files import atomic_write, atomic_write_text
 from graft.rows import RowFile
 from graft.run import checks
-from graft.run.layout import RunFiles, fine_tuning, writing
+from graft.run.layout import RunFiles, fine_tuning, recover, staged_commit, writing
 from graft.run.read import (
     check_complete,
     check_servable,
@@ -43,8 +43,9 @@ __all__ = [
     "RESULT_KEYS", "RunFiles", "check_complete", "check_results", "check_servable", "checks", "evaluation_part",
     "fine_tuning", "load_model", "load_run", "model_out_of_fold", "read_backbone_description", "read_ensemble_spec",
     "read_head_state", "read_labels", "read_manifest", "read_out_of_fold", "read_results", "read_run_config",
-    "read_run_taxonomy", "read_temperature", "write_config", "write_data", "write_ensemble", "write_json",
-    "write_model", "write_out_of_fold", "write_results", "write_results_json", "write_state", "writing",
+    "read_run_taxonomy", "read_temperature", "recover", "staged_commit", "write_config", "write_data",
+    "write_ensemble", "write_json", "write_model", "write_out_of_fold", "write_results", "write_results_json",
+    "write_state", "writing",
 ]
 
 if TYPE_CHECKING:
@@ -122,10 +123,11 @@ def write_results_json(path: Path, results: dict[str, Any]) -> Path:
 
 
 def write_results(files: RunFiles, results: dict[str, Any], rows: Sequence[tuple[str, dict[str, Any]]],
-                  note: str) -> None:
-    """results.json (the contract) and results.md (a title, ``note``, then a table of ``rows``)."""
+                  note: str, title: str | None = None) -> None:
+    """results.json (the contract) and results.md (``title``, by default the run's name, ``note``, then a table of
+    ``rows``)."""
     write_results_json(files.results, results)
-    atomic_write_text(files.results_md, f"# {files.root.name}\n\n{note}\n\n{results_table(rows)}")
+    atomic_write_text(files.results_md, f"# {title or files.root.name}\n\n{note}\n\n{results_table(rows)}")
 
 
 def load_run(run_dir: str | Path, device: str | Device = "auto") -> Classifier:

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from graft.config import GraftConfig
 from graft.errors import RunError
+from graft.files import atomic_write_text
+
+STAGE, JOURNAL = ".staged", ".commit"
 
 
 class RunFiles:
@@ -30,16 +34,26 @@ class RunFiles:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        for role, name in {
-            "config": "config.yaml", "labels": "labels.json", "backbone": "backbone.json", "head": "head.safetensors",
-            "calibration": "calibration.json", "manifest": "manifest.csv", "history": "history.csv",
-            "curves": "curves.png", "results": "results.json", "results_md": "results.md", "problems": "problems.txt",
-            "ensemble": "ensemble.json", "onnx": "model.onnx", "onnx_metadata": "model.onnx.json",
-            "finetune": "finetune", "finetune_history": "finetune-history.csv",
-            "finetuned_backbone": "finetuned-backbone.safetensors", "head_only": "head-only.safetensors",
-            "out_of_fold": "out-of-fold.npz", "taxonomy": "taxonomy.json",
-        }.items():
-            setattr(self, role, self.root / name)
+        self.config = self.root / "config.yaml"
+        self.labels = self.root / "labels.json"
+        self.backbone = self.root / "backbone.json"
+        self.head = self.root / "head.safetensors"
+        self.calibration = self.root / "calibration.json"
+        self.manifest = self.root / "manifest.csv"
+        self.history = self.root / "history.csv"
+        self.curves = self.root / "curves.png"
+        self.results = self.root / "results.json"
+        self.results_md = self.root / "results.md"
+        self.problems = self.root / "problems.txt"
+        self.ensemble = self.root / "ensemble.json"
+        self.onnx = self.root / "model.onnx"
+        self.onnx_metadata = self.root / "model.onnx.json"
+        self.finetune = self.root / "finetune"
+        self.finetune_history = self.root / "finetune-history.csv"
+        self.finetuned_backbone = self.root / "finetuned-backbone.safetensors"
+        self.head_only = self.root / "head-only.safetensors"
+        self.out_of_fold = self.root / "out-of-fold.npz"
+        self.taxonomy = self.root / "taxonomy.json"
         self.lock = self.root / ".graft-lock"
         self.checkpoints = self.finetune / "checkpoints"
         self.last_checkpoint = self.checkpoints / "last.ckpt"
@@ -98,16 +112,47 @@ def fine_tuning(files: RunFiles) -> Iterator[None]:
 
 
 @contextmanager
-def writing(files: RunFiles) -> Iterator[RunFiles]:
+def writing(files: RunFiles, mark_incomplete: bool = True) -> Iterator[RunFiles]:
     """Hold the run directory for one writer (fit, finetune) at a time; a second gets a clear error, not a mix.
 
-    ``results.json`` is removed first and written last, so a run is complete (it has one) or recognisably
-    incomplete (it has none): readers refuse the latter.
+    With ``mark_incomplete``, ``results.json`` is removed first and written last, so a run is complete (it has one)
+    or recognisably incomplete (it has none): readers refuse the latter. A writer that replaces a finished run's files
+    together (fine-tuning's end) keeps it and uses :func:`staged_commit` instead.
     """
     if files.root.exists() and not files.root.is_dir():
         raise RunError(f"{files.root} is a file, not a run directory; choose another --out")
     files.root.mkdir(parents=True, exist_ok=True)
     with _held(files.lock, f"{files.root} is being written by {{holder}}; wait for it to finish or choose another "
                "--out"):
-        files.results.unlink(missing_ok=True)
+        recover(files)
+        if mark_incomplete:
+            files.results.unlink(missing_ok=True)
         yield files
+
+
+@contextmanager
+def staged_commit(files: RunFiles) -> Iterator[RunFiles]:
+    """Replace several of the run's files as one change: they are written into ``.staged/`` (the yielded RunFiles),
+    then a journal names them, then each is renamed into the run, ``results.json`` last. Killed before the journal,
+    the run is as it was; after it, :func:`recover` (every reader and writer calls it) finishes the renames. Call it
+    inside :func:`writing`."""
+    stage = files.root / STAGE
+    shutil.rmtree(stage, ignore_errors=True)  # a commit that never reached its journal: abandoned
+    stage.mkdir()
+    yield RunFiles(stage)
+    names = sorted((path.name for path in stage.iterdir()), key=lambda name: name == files.results.name)
+    atomic_write_text(stage / JOURNAL, "\n".join(names))
+    recover(files)
+
+
+def recover(files: RunFiles) -> None:
+    """Finish a :func:`staged_commit` whose journal was written (its renames are idempotent); else do nothing."""
+    stage = files.root / STAGE
+    journal = stage / JOURNAL
+    if not journal.is_file():
+        return
+    for name in journal.read_text().split("\n"):
+        if name and (stage / name).exists():
+            os.replace(stage / name, files.root / name)
+    journal.unlink()
+    shutil.rmtree(stage, ignore_errors=True)

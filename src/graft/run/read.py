@@ -3,6 +3,7 @@ code that uses it (predict, serve, export, evaluate, a fine-tuning's start)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from graft.data.manifest import Manifest, read_csv
 from graft.data.taxonomy import Taxonomy
 from graft.errors import RunError
 from graft.run import checks
-from graft.run.layout import RunFiles
+from graft.run.layout import RunFiles, recover
 from graft.store import is_cache_root
 
 
@@ -54,6 +55,8 @@ def read_out_of_fold(run: str | Path) -> tuple[list[Path], np.ndarray] | None:
 
 def check_complete(files: RunFiles) -> RunFiles:
     """``files`` if they make a finished run (what a model is rebuilt from, and results.json, written last)."""
+    with contextlib.suppress(OSError):  # a read-only copy is read as it is
+        recover(files)  # a fine-tuning killed between its journal and its last rename: finish it
     needed = [files.config, files.labels, files.backbone, files.head]
     missing = [path.name for path in needed if not path.is_file()]
     if missing:

@@ -1,4 +1,4 @@
-"""Stage 7, serving: the HTTP app and web page, the ONNX export, and the engines behind them."""
+"""Serving: the HTTP app and web page, the ONNX export, and the engines behind them."""
 
 from graft.lazy import LazyExports
 

@@ -4,8 +4,8 @@
              torch's L-BFGS (:func:`graft.training.streaming.fit_linear`) straight into the head's Linear, so it is
              saved and served like every other head; its setting is C (inverse L2 strength)
   prototype  class means of the standardised, normalised features; its setting is the logit scale
-  mlp        the seed's head trained by Lightning (:mod:`graft.training.head`); its setting is the epoch count: the
-             K fold heads train side by side and are scored as training passes each count of the grid
+  mlp        the founding recipe's head trained by Lightning (:mod:`graft.training.head`); its setting is the epoch
+             count: the K fold heads train side by side and are scored as training passes each count of the grid
              (:mod:`graft.training.fold_heads`)
 """
 

@@ -34,6 +34,7 @@ from graft.evaluation.metrics import score_logits
 from graft.features.augment import training_transform
 from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
 from graft.features.preparation import Preparation, decode_side
+from graft.files import atomic_write
 from graft.model.classifier import Classifier
 from graft.model.head import members_of
 from graft.run import (
@@ -44,6 +45,7 @@ from graft.run import (
     read_manifest,
     read_out_of_fold,
     read_results,
+    staged_commit,
     write_config,
     write_json,
     write_results,
@@ -131,7 +133,8 @@ def finetune(
     module.load_state_dict(best["state_dict"])
     trained = _TrainedModel(classifier, module, config, int(best["epoch"]), trainer.current_epoch, origin,
                             trainer.world_size)
-    with writing(files):  # rank 0 only: what it writes makes the run either fully head-only or fully fine-tuned
+    # rank 0 only: the run stays complete throughout, and becomes fully fine-tuned in one staged commit or stays as it was
+    with writing(files, mark_incomplete=False):
         return _keep_better(files, trained, manifest, history, previous, time.perf_counter() - start)
 
 
@@ -246,8 +249,6 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     choice = _validation_choice(files, manifest, trained, history, head_only, tuned_results)
     tuned_results |= choice
     kept = "finetuned" if choice["finetuned_val_S"] > choice["head_only_val_S"] else "head-only"
-    if kept == "finetuned":
-        save_finetuned(files, tuned, tuned.config)
     chosen = tuned_results if kept == "finetuned" else head_only
     stale = CALIBRATION_KEYS - set(chosen)  # the head-only model's temperature and ECE say nothing of the other one
     results = {**{k: v for k, v in head_only.items() if k not in stale},
@@ -258,9 +259,12 @@ def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, hi
     note = (f"Backbone {name}. Kept: **{kept}** (higher S on the {choice['choice_basis']}: head-only "
             f"{choice['head_only_val_S']:.4f}, fine-tuned {choice['finetuned_val_S']:.4f}; ties keep head-only). "
             f"The {tuned_results['evaluated_on']} rows below report; they chose nothing.")
-    write_results(files, results, rows, note)
-    plot_curves([("head", read_rows(files.history), head_only.get("head_best_epoch", 1) - 1),
-                 ("fine-tune", history, trained.best_epoch)], files.curves, f"{name}: head, then fine-tuning")
+    with staged_commit(files) as stage:
+        if kept == "finetuned":
+            save_finetuned(files, tuned, tuned.config, into=stage)
+        write_results(stage, results, rows, note, title=files.root.name)
+        plot_curves([("head", read_rows(files.history), head_only.get("head_best_epoch", 1) - 1),
+                     ("fine-tune", history, trained.best_epoch)], stage.curves, f"{name}: head, then fine-tuning")
     return FineTuneResult(files.root, kept, tuned_results, head_only, trained.epochs, seconds)
 
 
@@ -289,13 +293,15 @@ def _validation_choice(files: RunFiles, manifest: Manifest, trained: _TrainedMod
     return {"choice_basis": basis, "head_only_val_S": head_s, "finetuned_val_S": tuned_s}
 
 
-def save_finetuned(files: RunFiles, tuned: Classifier, config: GraftConfig) -> None:
-    """Write the fine-tuned backbone and head into the run; config.yaml then points at the backbone file."""
+def save_finetuned(files: RunFiles, tuned: Classifier, config: GraftConfig, into: RunFiles | None = None) -> None:
+    """Write the fine-tuned backbone and head for the run ``files`` (into ``into``, a staged commit's files, when
+    given); config.yaml then points at the backbone file."""
+    into = into or files
     if not files.head_only.exists():
-        files.head_only.write_bytes(files.head.read_bytes())
-    write_state(files.finetuned_backbone, tuned.backbone.model)
-    write_state(files.head, tuned.head)
-    write_json(files.calibration, {"temperature": tuned.temperature})  # its own (1.0 if it could not be fitted)
-    write_config(files, config.updated({"backbone.weights": files.finetuned_backbone.name}))
+        atomic_write(into.head_only, lambda handle: handle.write(files.head.read_bytes()))
+    write_state(into.finetuned_backbone, tuned.backbone.model)
+    write_state(into.head, tuned.head)
+    write_json(into.calibration, {"temperature": tuned.temperature})  # its own (1.0 if it could not be fitted)
+    write_config(into, config.updated({"backbone.weights": files.finetuned_backbone.name}))
     described = tuned.backbone.describe() | {"identity": weights_identity(tuned.backbone.model)}  # what was saved
-    write_json(files.backbone, described)
+    write_json(into.backbone, described)

@@ -1,7 +1,7 @@
-"""Stage 4 (seed 002, step 3): put the trained head on the backbone and train the whole network further.
+"""Fine-tuning (the founding recipe's step 3): put the trained head on the backbone and train the whole network further.
 
 At a low learning rate, so the pretrained features are adjusted rather than overwritten: SGD with momentum for
-BatchNorm networks (the seed's reason for not using Adam there), AdamW with layer-wise decay and warm-up for
+BatchNorm networks (the founding recipe's reason for not using Adam there), AdamW with layer-wise decay and warm-up for
 LayerNorm ones (:mod:`graft.training.optimizers`). Lightning runs the loop: ReduceLROnPlateau and EarlyStopping on validation
 loss, the best weights restored, a checkpoint every epoch for ``--resume``, one CSV row per epoch. Under DDP the
 validation predictions of all ranks are gathered and de-duplicated by image index before S and top-k are computed,

@@ -60,7 +60,7 @@ def resolve_class_weights(setting: str, labels: list[str], train_labels: np.ndar
 
 
 class HeadModule(L.LightningModule):
-    """Cross-entropy on logits (= the seed's softmax + categorical cross-entropy), Adam."""
+    """Cross-entropy on logits (= the founding recipe's softmax + categorical cross-entropy), Adam."""
 
     def __init__(self, head: nn.Module, config: HeadConfig, weights: torch.Tensor | None = None):
         super().__init__()

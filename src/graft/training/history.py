@@ -41,7 +41,7 @@ def write_rows(rows: list[dict[str, str]], out: Path) -> list[dict[str, str]]:
 
 def plot_curves(stages: list[tuple[str, list[dict[str, str]], int | None]], out: Path, title: str) -> Path:
     """Loss and accuracy per epoch, train and validation, one stage after another (head, then fine-tuning), with the
-    kept epoch of each stage marked, like the seed's training plots."""
+    kept epoch of each stage marked, like the founding recipe's training plots."""
     import matplotlib
 
     matplotlib.use("Agg")

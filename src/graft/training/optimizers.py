@@ -1,7 +1,7 @@
 """Fine-tuning's optimizer per family: what the network was trained with and is fine-tuned with in its papers.
 
-  sgd    networks with BatchNorm (EfficientNet, MobileNet, ResNet): SGD with momentum at a low learning rate, the seed's
-         recipe, measured on graft's data (``FineTuneConfig``)
+  sgd    networks with BatchNorm (EfficientNet, MobileNet, ResNet): SGD with momentum at a low learning rate, the
+         founding recipe's, measured on graft's data (``FineTuneConfig``)
   adamw  LayerNorm networks (ViT, DINOv2, ConvNeXt, CLIP towers): AdamW, weight decay 0.05 on weights only (not norms,
          biases, position embeddings), layer-wise LR decay 0.75 (block i of n trains at lr x 0.75^(n - i): the lower
          layers' general features move least) and a one-epoch linear warm-up - MAE's fine-tuning recipe (He et al.

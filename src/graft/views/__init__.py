@@ -1,4 +1,4 @@
-"""Stage 2, per-view preprocessing (seed 002): crop Flower/Fruit/Leaf/Stem to the subject, whiten LeafScan
+"""Per-view preprocessing (the founding recipe's): crop Flower/Fruit/Leaf/Stem to the subject, whiten LeafScan
 backgrounds; the decisions are cached and shared by every backbone; a contact sheet shows them."""
 
 from graft.views.decisions import DecisionCache, decision_store

@@ -1,4 +1,5 @@
-"""Per-view preprocessing (seed 002, "Image Preprocessing"): find the subject, crop to it, or whiten a scan's background.
+"""Per-view preprocessing (the founding recipe's "Image Preprocessing"): find the subject, crop to it, or whiten a
+scan's background.
 
   Entire, Branch, unknown  unchanged
   Flower, Fruit            grayscale -> Gaussian (sigma 2.5) -> active contour -> bounding box -> crop the colour image
@@ -6,7 +7,7 @@
   Stem                     cut 1/5 per side -> Gaussian (2) -> grayscale -> active contour -> box -> crop
   LeafScan                 grayscale -> Otsu threshold -> the background side of the threshold made pure white
 
-The seed's LeafScan sentence says pixels *below* the threshold become white; on a light scan that would erase the
+The founding recipe's LeafScan sentence says pixels *below* the threshold become white; on a light scan that would erase the
 (dark) leaf. What it is for is a uniformly white background, so the side of the threshold that holds most of the
 image border is treated as background and whitened.
 
@@ -139,7 +140,7 @@ def _contour_decision(rgb: np.ndarray, cut: float, sigma: float, blur_first: boo
     scale = min(1.0, config.work_size / max(region.shape[:2]))
     small = resize(region, (max(8, round(region.shape[0] * scale)), max(8, round(region.shape[1] * scale))),
                    anti_aliasing=True)
-    if blur_first:  # the seed's Stem order: blur the colour image, then grayscale
+    if blur_first:  # the founding recipe's Stem order: blur the colour image, then grayscale
         gray = rgb2gray(gaussian(small, sigma=sigma * scale, channel_axis=-1))
     else:
         gray = gaussian(rgb2gray(small), sigma=sigma * scale)
