@@ -43,7 +43,7 @@ from graft.features.feature_set import FeatureSet
 from graft.features.tta import DEFAULT_TTA
 from graft.model.classifier import Classifier
 from graft.run import evaluation_part, load_model
-from graft.training.ensemble import make_ensemble
+from graft.training.ensembling import make_ensemble
 from graft.training.fit import fit, labelled_features, prepare_manifest
 from record import record
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from graft.features.engines import feature_engine
 from graft.features.extract import decode_threads, extract_features
 from graft.features.preparation import Preparation, decode_side
 from graft.files import file_digest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from record import record
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "leafsnap-dev"
 
@@ -107,6 +111,12 @@ def main() -> None:
     print(f"pipeline / raw onnx  = {pipe / best['raw onnx']:.3f}  (target on small images >= 0.7)")
     print(f"pipeline / floor     = {pipe / floor:.3f}")
     print(f"pipeline / previous  = {pipe / best['previous pipeline (torch, no threads)']:.2f}x")
+    images = "phone JPEGs" if args.phone else args.data.name
+    rows_out = [{"images": images, "n_images": len(paths), "path": name, "img_per_s": round(best[name], 2),
+                 "pipeline_ratio": round(pipe / best[name], 3)} for name in runs]
+    rows_out.append({"images": images, "n_images": len(paths), "path": "floor (decode + onnx forward core-time)",
+                     "img_per_s": round(floor, 2), "pipeline_ratio": round(pipe / floor, 3)})
+    print(f"rows appended to {record('extract', rows_out)}")
 
 
 def phone_photo(source: Path, out: Path, seed: int = 0) -> Path:

@@ -27,8 +27,8 @@ from graft.data.manifest import load_manifest
 from graft.features.augment import training_transform
 from graft.features.backbones import create_backbone
 from graft.features.preparation import Preparation
+from graft.finetuning.module import FineTuneModule, ImageDataset, ValidationInfo
 from graft.model.head import build_head
-from graft.training.finetune_module import FineTuneModule, ImageDataset, ValidationInfo
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "leafsnap-dev"
 

@@ -35,7 +35,7 @@ from graft.data.manifest import load_manifest
 from graft.device import exact_float32, resolve_device
 from graft.features.backbones import create_backbone
 from graft.features.preparation import decode_side, resize_side
-from graft.training.finetune import _loaders, _training_records, finetune
+from graft.finetuning.finetune import _loaders, _training_records, finetune
 from graft.training.fit import fit
 from record import record
 

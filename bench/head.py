@@ -11,6 +11,7 @@ side by side. Target (issue 10): ratio <= 0.25.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,8 +19,12 @@ from graft.config import GraftConfig
 from graft.data.demo import elpv_manifest
 from graft.training.fit import fit
 
+sys.path.insert(0, str(Path(__file__).parent))
+from record import record
+
 
 def main() -> None:
+    rows = []
     with tempfile.TemporaryDirectory() as work:
         config = GraftConfig().updated({"features.cache_dir": str(Path(work) / "cache")})
         first = fit(elpv_manifest(), Path(work) / "first", config).results
@@ -37,7 +42,11 @@ def main() -> None:
                   + ", ".join(f"{r['head']} S={r['S']:.3f} {r['seconds']:.1f}s" for r in second["head_selection"])
                   + f"); val S={second['S']:.4f} top1={second['top1']:.4f}")
             print(f"  ratio head (all folds + final head) / extraction pass = {head / extraction:.4f}  (target <= 0.25)")
+            rows.append({"setting": name, "head": second["head"], "head_seconds": round(head, 2),
+                         "extraction_seconds": round(extraction, 2), "ratio": round(head / extraction, 4),
+                         "S": second["S"], "top1": second["top1"]})
     print(f"first fit's head (same process, cold): {first['head_seconds']:.2f} s")
+    print(f"rows appended to {record('head', rows)}")
 
 
 if __name__ == "__main__":

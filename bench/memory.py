@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from extract import DEFAULT_DATA, phone_photo  # the same 12 MP photos as the extraction bench
 
+from record import record
+
 
 def child(folder: Path, count: int, cache: Path) -> None:
     from graft.config import FeatureConfig
@@ -62,6 +64,7 @@ def main() -> None:
                   f"{row['before_mb']:5.0f} MB), {row['extracted']} extracted, {row['img_s']:.1f} img/s")
     print(f"peak RSS {rows[-1]['count']} / {rows[0]['count']} photos = {rows[-1]['peak_mb'] / rows[0]['peak_mb']:.3f} "
           "(flat = 1)")
+    print(f"rows appended to {record('memory', rows)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from graft.serving.app import create_app
+from graft.serving.web import create_app
 from graft.training.fit import fit
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -50,3 +50,18 @@ def test_the_plant_recipe_is_a_config_file_fit_takes():
 def test_overrides_reach_any_depth():
     config = GraftConfig().updated({"finetune.augment.p": 0.5, "head.epochs": 40})
     assert config.finetune.augment.p == 0.5 and config.head.epochs == 40
+
+
+def test_a_runs_config_keeps_the_settings_as_given_and_its_choices_under_resolved(folder_data, tiny_config, tmp_path):
+    from graft.run import RunFiles, load_run
+    from graft.training.fit import fit
+
+    given = tiny_config.updated({"head.kind": "auto", "predict.fusion": "auto"})
+    fit(folder_data, tmp_path / "run", given)
+    written = GraftConfig.from_yaml(RunFiles(tmp_path / "run").config)
+    assert written.head.kind == "auto" and written.predict.fusion == "auto"  # the inputs, as given
+    assert written.resolved["head.kind"] in ("mlp", "linear") and written.resolved["predict.fusion"] != "auto"
+    model = load_run(tmp_path / "run", "cpu")
+    assert model.config.head.kind == written.resolved["head.kind"]  # the run computes with its choices
+    again = fit(folder_data, tmp_path / "again", written)  # a run's config.yaml works as --config: settings only
+    assert GraftConfig.from_yaml(RunFiles(again.run_dir).config).head.kind == "auto"

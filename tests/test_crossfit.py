@@ -22,7 +22,7 @@ from graft.training.choice import robust_choice
 from graft.training.crossfit import REPEATS_AUTO, fold_of, repeat_seed, repeats_for
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold
 from graft.training.fit import fit
-from graft.training.head import training_precision
+from graft.training.head_training import training_precision
 
 
 def records(n_labels: int, observations: int, images: int, seed: int = 0) -> list[ImageRecord]:
@@ -322,7 +322,7 @@ def test_a_bag_outputs_the_log_of_its_members_mean_probability():
 
 def test_a_chosen_mlp_is_its_fold_heads_averaged_and_each_made_its_folds_out_of_fold_rows(
         folder_data, tiny_config, tmp_path):
-    from graft.serving.engine import load_engine
+    from graft.serving.inference import load_engine
     from graft.serving.onnx import export_onnx
 
     result = fit(folder_data, tmp_path / "run", tiny_config.updated({"head.kind": "mlp", "head.repeats": "auto"}))

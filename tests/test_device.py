@@ -18,9 +18,9 @@ from graft.config import GraftConfig
 from graft.device import CPU, Device, resolve_device
 from graft.errors import ConfigError, DeviceError
 from graft.features import engines
-from graft.training import finetune as finetune_module
+from graft.finetuning import finetune as finetune_module
+from graft.finetuning.module import default_workers
 from graft.training import lightning as lightning_module
-from graft.training.finetune_module import default_workers
 
 HAS_GPU = torch.cuda.is_available() or torch.backends.mps.is_available()
 

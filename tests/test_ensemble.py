@@ -11,7 +11,7 @@ from graft.errors import RunError
 from graft.evaluation.evaluate import evaluate
 from graft.model.ensemble import Ensemble
 from graft.run import load_model, load_run
-from graft.training.ensemble import make_ensemble
+from graft.training.ensembling import make_ensemble
 from graft.training.fit import fit
 
 
@@ -110,9 +110,9 @@ def test_fitted_weights_come_from_out_of_fold_predictions(two_runs, tiny_config,
 def test_a_fine_tuned_member_is_weighted_on_validation_images_not_on_head_only_out_of_fold_rows(
         folder_data, tiny_config, tmp_path, monkeypatch):
     from graft.evaluation.plots import reliability_plot
+    from graft.finetuning.finetune import save_finetuned
     from graft.run import RunFiles, model_out_of_fold, read_manifest, read_out_of_fold
-    from graft.training import ensemble as ensemble_module
-    from graft.training.finetune import save_finetuned
+    from graft.training import ensembling as ensemble_module
 
     listed = with_test_part(folder_data)
     a, b = tmp_path / "a-test", tmp_path / "b-test"

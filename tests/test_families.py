@@ -18,14 +18,14 @@ from safetensors.torch import save_file
 from graft.errors import BackboneError
 from graft.features import engines
 from graft.features.backbones import create_backbone
+from graft.finetuning.finetune import finetune
+from graft.finetuning.optimizers import family_optimizer, parameter_groups, plan
 from graft.model.identification import identify
 from graft.run import load_run
-from graft.serving.app import create_app
-from graft.serving.engine import load_engine
+from graft.serving.inference import load_engine
 from graft.serving.onnx import export_onnx
-from graft.training.finetune import finetune
+from graft.serving.web import create_app
 from graft.training.fit import fit
-from graft.training.optimizers import family_optimizer, parameter_groups, plan
 
 FAMILIES = {"test_efficientnet": "sgd", "test_vit": "adamw", "test_convnext": "adamw"}
 
@@ -194,8 +194,8 @@ def test_clip_weights_load_from_a_file_or_a_hub_folder_and_a_bare_name_asks_for_
 
 def test_layernorm_families_fine_tune_with_adamw_layer_decay_and_warm_up(tmp_path):
     from graft.config import FineTuneConfig, HeadConfig
+    from graft.finetuning.optimizers import WarmUp
     from graft.model.head import build_head
-    from graft.training.optimizers import WarmUp
 
     vit = create_backbone("test_vit", pretrained=False).model
     head = build_head(64, 3, HeadConfig(kind="linear"))

@@ -11,12 +11,12 @@ from lightning.pytorch.callbacks import Callback
 
 from conftest import COLOURS, fixture_seed, make_image
 from graft.errors import ConfigError
+from graft.finetuning.finetune import finetune, save_finetuned
 from graft.model.head import HeadBag, members_of
 from graft.run import RunFiles, load_run, read_manifest, read_results
 from graft.training.families import fit_head_of
-from graft.training.finetune import finetune, save_finetuned
 from graft.training.fit import fit, labelled_features
-from graft.training.head import resolve_class_weights
+from graft.training.head_training import resolve_class_weights
 
 
 @pytest.fixture
@@ -233,8 +233,8 @@ def test_a_tampered_checkpoint_is_refused_and_never_runs_code(run, tmp_path):
 def _module(compile: bool):
     from graft.config import FineTuneConfig, HeadConfig
     from graft.features.backbones import create_backbone
+    from graft.finetuning.module import FineTuneModule, ValidationInfo
     from graft.model.head import build_head
-    from graft.training.finetune_module import FineTuneModule, ValidationInfo
 
     backbone = create_backbone("test_efficientnet", pretrained=False, image_size=32)
     head = build_head(backbone.num_features, 3, HeadConfig(width=16, dropout=0.0))  # deterministic in training mode
@@ -312,7 +312,7 @@ def test_with_a_test_part_the_kept_model_is_chosen_on_validation_never_on_test(f
 
 def keep_the_fine_tuned_model(monkeypatch):
     """Whatever the validation split says: these tests are about what keeping it writes."""
-    from graft.training import finetune as module
+    from graft.finetuning import finetune as module
 
     choose = module._validation_choice
     monkeypatch.setattr(module, "_validation_choice", lambda *a: choose(*a) | {"head_only_val_S": -1.0})

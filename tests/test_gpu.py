@@ -16,9 +16,9 @@ from graft.device import resolve_device
 from graft.features import engines
 from graft.features.backbones import create_backbone
 from graft.features.extract import extract_features
+from graft.finetuning.finetune import finetune
 from graft.run import load_run
-from graft.serving.engine import load_engine
-from graft.training.finetune import finetune
+from graft.serving.inference import load_engine
 from graft.training.fit import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none here)")
@@ -85,7 +85,7 @@ def test_fine_tuning_on_the_gpu_keeps_a_model_a_cpu_loads_and_predict_agrees(fol
 def test_serving_on_the_gpu_answers(folder_data, tiny_config, tmp_path):
     from fastapi.testclient import TestClient
 
-    from graft.serving.app import create_app
+    from graft.serving.web import create_app
 
     fit(folder_data, tmp_path / "run", tiny_config)
     image = next(folder_data.rglob("*.png"))

@@ -5,7 +5,7 @@ from torch import nn
 
 from graft.config import HeadConfig
 from graft.model.head import FastDropout, Standardize, build_head
-from graft.training.head import class_weights, fit_head
+from graft.training.head_training import class_weights, fit_head
 
 
 def blobs(n, seed, classes=3, dim=16):

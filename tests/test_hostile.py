@@ -23,10 +23,10 @@ from graft.data.images import load_rgb
 from graft.errors import ConfigError, DataError, GraftError, ImageError, RunError
 from graft.features.cache_maintenance import cache_info, verify
 from graft.run import RunFiles, fine_tuning, read_run_config
-from graft.serving.app import create_app
-from graft.serving.engine import load_engine
 from graft.serving.gate import Gate, GateRules
+from graft.serving.inference import load_engine
 from graft.serving.keys import KeyRing
+from graft.serving.web import create_app
 from graft.store import ChunkStore, CorruptChunk
 from graft.training.fit import fit, prepare_manifest
 
@@ -381,7 +381,7 @@ def test_the_same_bytes_under_two_labels_are_skipped_and_listed(fitted, tmp_path
 
 
 def test_a_second_finetuning_of_one_run_is_one_line_not_two_crashes(run):
-    from graft.training.finetune import finetune
+    from graft.finetuning.finetune import finetune
 
     with fine_tuning(RunFiles(run)), pytest.raises(RunError, match="being fine-tuned"):
         finetune(run, {"finetune.epochs": 1, "device": "cpu"})
@@ -390,7 +390,7 @@ def test_a_second_finetuning_of_one_run_is_one_line_not_two_crashes(run):
 def test_a_pickled_checkpoint_on_resume_is_one_line(run):
     import pickle
 
-    from graft.training.finetune import finetune
+    from graft.finetuning.finetune import finetune
 
     files = RunFiles(run)
     files.checkpoints.mkdir(parents=True)

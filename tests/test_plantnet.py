@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import png, ready_client
-from graft.serving.app import create_app
 from graft.serving.keys import KeyRing
+from graft.serving.web import create_app
 from graft.training.fit import fit
 
 TAXONOMY = """label,genus,family,authorship,common_names,gbif

@@ -12,9 +12,9 @@ from PIL import Image
 from conftest import loaded, png, ready_client, shared_dataset
 from graft.features import engines
 from graft.features.preparation import view_names
-from graft.serving.app import Limits, create_app
-from graft.serving.engine import GraphThenHead, load_engine
+from graft.serving.inference import GraphThenHead, load_engine
 from graft.serving.onnx import export_onnx
+from graft.serving.web import Limits, create_app
 from graft.training.fit import fit
 
 
@@ -44,10 +44,10 @@ def test_identify_ranks_labels_for_an_observation(run):
 
 
 def test_health_is_503_until_the_model_is_loaded(run, monkeypatch):
-    import graft.serving.engine
+    import graft.serving.inference
 
-    original = graft.serving.engine.load_engine
-    monkeypatch.setattr(graft.serving.engine, "load_engine", lambda *a: time.sleep(0.5) or original(*a))
+    original = graft.serving.inference.load_engine
+    monkeypatch.setattr(graft.serving.inference, "load_engine", lambda *a: time.sleep(0.5) or original(*a))
     with TestClient(create_app(run, "torch")) as client:
         assert client.get("/health").status_code == 503
         assert client.post("/identify", files=[("files", ("a.png", png(), "image/png"))]).status_code == 503

@@ -22,6 +22,7 @@ _EXPORTS = LazyExports(__name__, {
     "graft.errors": ["BackboneError", "ConfigError", "DataError", "GraftError", "ImageError", "RunError"],
     "graft.evaluation.evaluate": ["evaluate"],
     "graft.evaluation.metrics": ["lifeclef_score", "top_k"],
+    "graft.finetuning.finetune": ["finetune"],
     "graft.features.backbones": ["Backbone", "create_backbone"],
     "graft.features.cache": ["FeatureCache"],
     "graft.features.extract": ["extract_features"],

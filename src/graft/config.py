@@ -318,7 +318,7 @@ class PredictConfig(_Section):
     top_k: int = Field(5, ge=1, description="Labels listed per answer.")
     tta: list[Literal["hflip", "rotate", "zoom", "bright", "contrast"]] = Field(
         default_factory=list, description=(
-        "Test-time views besides the original (hflip rotate zoom bright contrast); their predictions are "
+        "Test-time augmentations besides the original (hflip rotate zoom bright contrast); their predictions are "
         "averaged.")
     )
     calibrate: bool = Field(True, description="Temperature-scale probabilities (fitted on the validation split).")
@@ -339,6 +339,9 @@ class GraftConfig(_Section):
     views: ViewsConfig = Field(default_factory=ViewsConfig)
     finetune: FineTuneConfig = Field(default_factory=FineTuneConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    resolved: dict[str, Any] = Field(
+        default_factory=dict, description="Written by a run, not set: what it decided where the settings left a "
+        "choice (head.kind, head.c, members...), as dotted settings; `fit` ignores it.")
 
     @field_validator("device")
     @classmethod
@@ -403,6 +406,34 @@ class GraftConfig(_Section):
 
         return walk(self, "")
 
+    def with_resolved(self, decided: GraftConfig) -> GraftConfig:
+        """These settings as given, with what ``decided`` (the same settings after a run's choices) differs in
+        recorded under ``resolved``: a run's config.yaml keeps the user's inputs apart from its outcomes."""
+        given, chosen = self.without_resolved(), decided.without_resolved()
+        flat_given, flat_chosen = dict(_flat(given.model_dump())), dict(_flat(chosen.model_dump()))
+        changes = {key: value for key, value in flat_chosen.items() if flat_given.get(key) != value}
+        return given.model_copy(update={"resolved": changes})
+
+    def without_resolved(self) -> GraftConfig:
+        return self.model_copy(update={"resolved": {}})
+
+    def effective(self) -> GraftConfig:
+        """The settings a run computed with: the given ones with its ``resolved`` choices applied."""
+        if not self.resolved:
+            return self
+        values = self.without_resolved().model_dump()
+        for dotted, value in self.resolved.items():
+            *sections, key = dotted.split(".")
+            node = values
+            for section in sections:
+                node = node.get(section) if isinstance(node, dict) else None
+                if not isinstance(node, dict):
+                    raise ConfigError(f"resolved names an unknown setting {dotted!r}")
+            if key not in node:
+                raise ConfigError(f"resolved names an unknown setting {dotted!r}")
+            node[key] = value
+        return GraftConfig.from_dict(values, source="a run's resolved choices")
+
     def reference(self) -> list[tuple[str, Any, str]]:
         """(dotted name, value, description) of every setting, in declaration order: what `graft config` lists."""
         def walk(model: BaseModel, prefix: str) -> list[tuple[str, Any, str]]:
@@ -411,7 +442,7 @@ class GraftConfig(_Section):
                 value = getattr(model, name)
                 if isinstance(value, BaseModel):
                     rows += walk(value, f"{prefix}{name}.")
-                else:
+                elif name != "resolved":  # a run's outcomes, not a setting
                     rows.append((f"{prefix}{name}", value, field.description or ""))
             return rows
 
@@ -419,3 +450,12 @@ class GraftConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _flat(values: dict[str, Any], prefix: str = ""):
+    """(dotted key, value) of a nested settings dump."""
+    for key, value in values.items():
+        if isinstance(value, dict) and key not in ("columns", "resolved"):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

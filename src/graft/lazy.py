@@ -1,7 +1,7 @@
 """Package names imported on first use (PEP 562), not by importing the package.
 
 Python runs a package's ``__init__`` before any module in it, so a package that imported its exports eagerly would
-make ``import graft.serving.engine`` load the HTTP app and ``import graft.model.identification`` load torch - and
+make ``import graft.serving.inference`` load the HTTP app and ``import graft.model.identification`` load torch - and
 the command line, the ONNX engine and the tests' subprocesses would wait for libraries they do not use. Each package
 hands its name table to :class:`LazyExports` and exposes its ``__getattr__``, ``__dir__`` and ``__all__``.
 """

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.padding import Padding
 from rich.table import Table
 
-from graft.cli.app import ConfigOpt, DataArg, app, console, error_console, load_config, warn
+from graft.cli.main import ConfigOpt, DataArg, app, console, error_console, load_config, warn
 from graft.errors import GraftError
 
 
@@ -80,7 +80,7 @@ def backbones(
     """Backbones: which load offline here, which need the hub, and each one's family defaults (input size, pooling,
     fine-tuning optimizer). Any timm name, hf-hub:ORG/NAME, local-dir:/path or open_clip:NAME works with --backbone."""
     from graft.features.catalog import catalog
-    from graft.training.optimizers import FAMILY_OPTIMIZER
+    from graft.finetuning.optimizers import FAMILY_OPTIMIZER
 
     rows = catalog(pattern)
     if not rows:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import (
+from graft.cli.main import (
     BackboneOpt,
     CacheOpt,
     ConfigOpt,
@@ -63,7 +63,7 @@ def fit(
     data_format: Annotated[str | None, typer.Option("--format", help="auto, folder, csv or lifeclef.")] = None,
     column: Annotated[list[str], typer.Option(help="CSV column mapping FIELD=COLUMN, repeatable.")] = [],  # noqa: B006
     views: Annotated[bool | None, typer.Option("--views/--no-views", help="Per-view preprocessing (crops).")] = None,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Evaluate with 5 test-time views.")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Evaluate with 5 test-time augmentations.")] = None,
     default_view: Annotated[str | None, typer.Option(help="View of images without one, e.g. LeafScan.")] = None,
     taxonomy: Annotated[Path | None, typer.Option(
         help="CSV: label, genus, family, authorship, common_names (;), gbif - answers then rank genera/families.")] = None,
@@ -133,8 +133,8 @@ def finetune(
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Default: bar on a terminal.")] = None,
 ) -> None:
     """Put the head on the backbone and train the whole network (SGD, low LR); keep it only if it beats head-only."""
+    from graft.finetuning.finetune import finetune as finetune_run
     from graft.run import RunFiles
-    from graft.training.finetune import finetune as finetune_run
 
     overrides = {
         "finetune.epochs": epochs, "finetune.max_minutes": max_minutes, "finetune.lr": lr, "finetune.batch_size": batch_size,
@@ -164,7 +164,7 @@ def ensemble(
 ) -> None:
     """Average several runs' per-image probabilities; the ensemble is a run for evaluate and predict."""
     from graft.run import RunFiles
-    from graft.training.ensemble import make_ensemble
+    from graft.training.ensembling import make_ensemble
 
     parsed = None
     if weights:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from graft.cli.app import (
+from graft.cli.main import (
     DataArg,
     DeviceOpt,
     FusionOpt,
@@ -68,7 +68,7 @@ def predict(
 ) -> None:
     """Identify one observation from one or more photos: a ranked list of labels with probabilities."""
     from graft.model.identification import identify
-    from graft.serving.engine import load_engine
+    from graft.serving.inference import load_engine
 
     if view and len(view) != len(images):
         raise ConfigError(f"--view given {len(view)} time(s) for {len(images)} image(s); give one per image or none")
@@ -102,7 +102,7 @@ def predict(
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run or ensemble directories to compare.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory (report.md, report.html).")],
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Also score each model with test-time views.")] = False,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Also score each model with test-time augmentations.")] = False,
     device: DeviceOpt = None,
 ) -> None:
     """Models side by side: S, Top-k, speed, calibration, coverage, fusion rules, confusions, per-view accuracy."""
@@ -153,8 +153,8 @@ def serve(
 
     from graft.device import resolve_device
     from graft.run import check_servable
-    from graft.serving.app import Limits, create_app
     from graft.serving.keys import KeyRing
+    from graft.serving.web import Limits, create_app
 
     if not math.isfinite(batch_window_ms) or not 0 <= batch_window_ms <= 10_000:
         raise ConfigError(f"--batch-window-ms {batch_window_ms}: give a number of milliseconds from 0 to 10000")

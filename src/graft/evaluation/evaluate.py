@@ -45,7 +45,7 @@ def evaluate(run_dir: str | Path, data: str | Path, progress: bool = False, tta:
              fusion: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Score a run (or ensemble) on a dataset: its test part when it names one, otherwise every image.
 
-    ``tta`` (test-time views) and ``fusion`` override the run's settings for this evaluation only; ``device``: where
+    ``tta`` (test-time augmentations) and ``fusion`` override the run's settings for this evaluation only; ``device``: where
     the model computes (:func:`~graft.device.resolve_device`).
     """
     model = load_model(run_dir, device)

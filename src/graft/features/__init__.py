@@ -1,5 +1,5 @@
 """Bottleneck features: timm backbones (offline weights where a package ships them), one preprocessing
-path per image, test-time views, and the content-addressed feature cache."""
+path per image, test-time augmentations, and the content-addressed feature cache."""
 
 from graft.lazy import LazyExports
 

@@ -68,12 +68,12 @@ def training_transform(data_config: dict, config: AugmentConfig) -> v2.Compose:
     ])
 
 
-AUGMENTED = "aug"  # view names "aug<i>-<settings key>": the i-th cached augmented view of an image
+AUGMENTED = "aug"  # view names "aug<i>-<settings key>": the i-th cached augmented copy of an image
 _rng_lock = threading.Lock()  # torchvision and OneGroupAugment draw from the global RNGs, shared by decode threads
 
 
 def augmented_names(config: AugmentConfig, count: int) -> tuple[str, ...]:
-    """Names of ``count`` augmented views; the key of the augmentation settings is in each, so changing them (or
+    """Names of ``count`` augmented copies; the key of the augmentation settings is in each, so changing them (or
     graft's augmentation) makes new cache entries instead of serving stale ones."""
     key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:10]
     return tuple(f"{AUGMENTED}{i}-{key}" for i in range(count))

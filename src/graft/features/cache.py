@@ -2,7 +2,7 @@
 
 The key hashes everything that changes a feature vector except the image itself: the backbone's weights identity,
 its preprocessing, pooling and memory layout. Rows inside are keyed by the image's bytes (plus the per-view
-preprocessing and test-time view applied to them), so a different backbone never reads another's features.
+preprocessing and test-time augmentation applied to them), so a different backbone never reads another's features.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ Python code.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import re
 import threading
@@ -128,19 +129,28 @@ def onnx_session(backbone: Backbone, cache_dir: str | Path | None = None, device
     with _lock:
         session = _sessions.get(key)
         if session is None:
-            try:
-                import onnxruntime
-            except ImportError as error:
-                raise BackboneError("onnxruntime is not installed; pip install onnxruntime") from error
+            if importlib.util.find_spec("onnxruntime") is None:  # before an export that could not be used
+                raise BackboneError("onnxruntime is not installed; pip install onnxruntime")
             if not graph_intact(path):  # missing, or changed since it was written (truncated, tampered)
                 export_backbone(backbone, path)
             import torch
 
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()  # a Ray actor's share of the cores, or all
-            session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+            session = inference_session(path, device, torch.get_num_threads())  # a Ray actor's share, or all cores
             _sessions[key] = session
         return session
+
+
+def inference_session(path: Path, device: Device = CPU, threads: int | None = None):
+    """graft's one ONNX Runtime session factory: ``path`` on ``device``'s providers, ``threads`` intra-op threads
+    (None: onnxruntime's own choice, one per core)."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise BackboneError("onnxruntime is not installed; pip install onnxruntime") from error
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=device.onnx_providers())
 
 
 def export_backbone(backbone: Backbone, path: Path) -> Path:

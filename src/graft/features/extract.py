@@ -52,7 +52,7 @@ class _Item:
         return hashlib.sha256(f"{self.digest}:{self.view_key}".encode()).hexdigest()
 
     def tta_key(self, name: str) -> str:
-        """Key of a test-time view's features; the original view ('') keeps the plain key, so caches are shared."""
+        """Key of a test-time augmentation's features; the original view ('') keeps the plain key, so caches are shared."""
         return self.row_key if not name else hashlib.sha256(f"{self.row_key}:tta:{name}".encode()).hexdigest()
 
 
@@ -134,9 +134,9 @@ def extract_features(
 
     ``settings`` holds the cache directory, batch size, decode workers and chunk size. ``views[i]`` is the view of
     ``paths[i]`` (Flower, Leaf, ...); with ``view_config.enabled`` each image is preprocessed for its view first.
-    ``tta`` names test-time views (see ``features.tta.TTA_VIEWS``): their features are cached like any other and
+    ``tta`` names test-time augmentations (see ``features.tta.TTA_VIEWS``): their features are cached like any other and
     returned as ``[n, 1 + len(tta), D]``. ``progress(done, total)`` is called after each batch needing extraction.
-    ``augment``: the settings behind augmented view names in ``tta`` (cached augmented views of training images,
+    ``augment``: the settings behind augmented copy names in ``tta`` (cached augmented copies of training images,
     :func:`~graft.features.augment.augmented_names`). ``cache``: an open cache of this backbone to reuse (a Ray
     actor's: re-indexing a large cache per batch is slow); it is refreshed first, so chunks other processes wrote count.
     ``rows_to``: write the features into this row file, block by block, instead of memory (more features than RAM;
@@ -147,7 +147,7 @@ def extract_features(
         >>> features = extract_features(paths, create_backbone(), FeatureConfig(cache_dir="cache"))
     """
     if tta and rows_to is not None:
-        raise ValueError("rows_to holds [n, D] rows: extract test-time views in memory")
+        raise ValueError("rows_to holds [n, D] rows: extract test-time augmentations in memory")
     if isinstance(backbone, ConcatBackbone):
         parts = [extract_features(paths, member, settings, views=views, view_config=view_config, tta=tta,
                                   progress=progress, augment=augment,
@@ -253,7 +253,7 @@ def _extract_missing(todo, backbone: Backbone, cache: FeatureCache, stores: dict
 
 
 def forward_in_batches(engine: FeatureEngine, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Features of ``images``; test-time views multiply a batch, so forwards stay at ``batch_size``
+    """Features of ``images``; test-time augmentations multiply a batch, so forwards stay at ``batch_size``
     (192 views at once ran 2x slower per image on this CPU)."""
     if not len(images):  # every image of a batch failed
         return np.zeros((0, 0), np.float32)

@@ -24,14 +24,14 @@ class FeatureSet:
     extracted: int = 0  # backbone forwards this call performed (0 when everything came from the cache)
     seconds: float = 0.0
     view_fallbacks: Counter = field(default_factory=Counter)  # view -> images used uncropped (subject not trusted)
-    tta: tuple[str, ...] = ()  # test-time views beyond the original, when requested
+    tta: tuple[str, ...] = ()  # test-time augmentations beyond the original, when requested
 
     def rows_for(self, paths: Sequence[Path]) -> np.ndarray:
-        """``[n, D]`` features, or ``[n, 1 + len(tta), D]`` (original first) when test-time views were requested."""
-        rows = self.rows_view(paths)
+        """``[n, D]`` features, or ``[n, 1 + len(tta), D]`` (original first) when test-time augmentations were requested."""
+        rows = self.rows_subset(paths)
         return rows.take() if isinstance(rows, RowFile) else rows
 
-    def rows_view(self, paths: Sequence[Path]) -> np.ndarray | RowFile:
+    def rows_subset(self, paths: Sequence[Path]) -> np.ndarray | RowFile:
         """Like :meth:`rows_for`, but rows on disk stay there (a view of the row file: nothing is read)."""
         position = {path: i for i, path in enumerate(self.paths)}
         index = np.array([position[p] for p in paths], np.int64)
@@ -46,7 +46,7 @@ def concatenated(parts: list[FeatureSet], rows_to: Path | None = None) -> Featur
         features = np.concatenate([part.rows_for(good) for part in parts], axis=-1)
     else:
         dim = sum(part.features.dim for part in parts)
-        members = [part.rows_view(good) for part in parts]
+        members = [part.rows_subset(good) for part in parts]
         blocks = ((start, np.concatenate([rows.take(slice(start, start + BLOCK_ROWS)) for rows in members], axis=1))
                   for start in range(0, len(good), BLOCK_ROWS))
         features = write_blocks(rows_to, len(good), dim, blocks)

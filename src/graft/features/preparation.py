@@ -1,9 +1,9 @@
-"""One preprocessing path per image: decode -> per-view crop -> the backbone's transform -> test-time views.
+"""One preprocessing path per image: decode -> per-view crop -> the backbone's transform -> test-time augmentations.
 
 Extraction, fine-tuning and serving all prepare images through :class:`Preparation`, so a model is never served an
 image prepared differently from the ones it was trained on. A transform may give torch tensors (timm's) or numpy
 arrays (:mod:`graft.features.eval_transform`, for an ONNX export): torch is imported only for test-time and
-augmented views, so serving the original view of an export never loads it.
+augmented copies, so serving the original view of an export never loads it.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from graft.views.preprocess import Decision, apply, decide, params_key
 if TYPE_CHECKING:
     import torch
 
-ORIGINAL = ""  # the name of the untransformed view among test-time view names
+ORIGINAL = ""  # the name of the untransformed view among test-time augmentation names
 
 
 def view_names(tta: Sequence[str]) -> tuple[str, ...]:
-    """The original, then the test-time views: the rows :meth:`Preparation.prepare` gives per image."""
+    """The original, then the test-time augmentations: the rows :meth:`Preparation.prepare` gives per image."""
     return (ORIGINAL, *tta)
 
 
@@ -50,7 +50,7 @@ class Preparation:
     data_config: dict
     views: ViewsConfig
     decode_side: int | None = None  # decode JPEGs only down to this shorter side (None: every pixel)
-    augment: AugmentConfig | None = None  # for cached augmented views ("aug..." names)
+    augment: AugmentConfig | None = None  # for cached augmented copies ("aug..." names)
 
     def prepare(self, image: Image.Image, view: str, names: Sequence[str] = (ORIGINAL,),
                 decision: Decision | None = None) -> tuple[torch.Tensor | np.ndarray, Decision]:

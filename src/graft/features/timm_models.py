@@ -139,7 +139,7 @@ def is_classifier_key(key: str) -> bool:
 
 def normalization(network: nn.Module) -> str:
     """``layernorm`` for a network whose norms are all LayerNorm (ViT, ConvNeXt's LayerNorm2d, CLIP towers), else
-    ``batchnorm``: what decides how it is fine-tuned (:mod:`graft.training.optimizers`)."""
+    ``batchnorm``: what decides how it is fine-tuned (:mod:`graft.finetuning.optimizers`)."""
     batch, layer = nn.modules.batchnorm._BatchNorm, nn.LayerNorm
     norms = [m for m in network.modules() if isinstance(m, batch | layer)]
     return "layernorm" if norms and not any(isinstance(m, batch) for m in norms) else "batchnorm"

@@ -1,4 +1,4 @@
-"""Test-time views (as in the founding recipe): realistic, deterministic, ONE transform per view, on [0, 1] images.
+"""Test-time augmentations (as in the founding recipe): realistic, deterministic, ONE transform per view, on [0, 1] images.
 
 The original image is not a view here: it is the plain feature, so a TTA pass reuses the plain cache. Each view
 takes torchvision's ``v2`` module as an argument, imported when views are made: naming them (the command line's

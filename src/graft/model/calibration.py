@@ -4,9 +4,16 @@ the coverage / accuracy trade-off of answering "unknown" below a confidence thre
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from graft.model.fusion import softmax
+from graft.model.head import predict_logits
+
+if TYPE_CHECKING:
+    from graft.model.classifier import Classifier
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -62,3 +69,25 @@ def coverage_rows(top: np.ndarray, correct: np.ndarray, thresholds: Sequence[flo
         rows.append({"threshold": float(threshold), "coverage": float(answered.mean()) if len(top) else float("nan"),
                      "accuracy": float(correct[answered].mean()) if answered.any() else float("nan")})
     return rows
+
+
+def calibrate(classifier: Classifier, held_out: tuple[np.ndarray, np.ndarray], evaluation,
+              source: str | None = None) -> dict[str, float]:
+    """Fit the temperature on held-out logits (out-of-fold, or of a head that never saw the validation part; named by
+    ``source``); report ECE and NLL on the evaluation split before and after. Sets ``classifier.temperature``."""
+    logits, labels = held_out
+    classifier.temperature = fit_temperature(logits, labels) if len(labels) else 1.0
+    features, truth = evaluation
+    known = truth >= 0
+    evaluated = predict_logits(classifier.head, features[known])
+    before, after = softmax(evaluated), softmax(evaluated / classifier.temperature)
+    source = source or ("out-of-fold predictions" if classifier.config.head.selection == "crossfit" else
+                        "the validation split")
+    return {
+        "calibration": f"temperature scaling fitted on {source}",
+        "temperature": round(classifier.temperature, 4),
+        "ece_before": expected_calibration_error(before, truth[known]),
+        "ece_after": expected_calibration_error(after, truth[known]),
+        "nll_before": negative_log_likelihood(before, truth[known]),
+        "nll_after": negative_log_likelihood(after, truth[known]),
+    }

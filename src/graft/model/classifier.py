@@ -50,8 +50,8 @@ class Classifier:
 
     def features(self, paths: Sequence[Path], views: Sequence[str] | None = None, progress: bool = False,
                  tta: Sequence[str] | None = None, rows_to: Path | None = None) -> FeatureSet:
-        """Features of ``paths``; with test-time views (``tta``, default: the config's) shaped ``[n, 1 + k, D]``;
-        into the row file ``rows_to`` instead of memory when given (no test-time views then)."""
+        """Features of ``paths``; with test-time augmentations (``tta``, default: the config's) shaped ``[n, 1 + k, D]``;
+        into the row file ``rows_to`` instead of memory when given (no test-time augmentations then)."""
         with progress_bar("Extracting features", progress) as report:
             return extract_features(paths, self.backbone, self.config.features, views=views,
                                     view_config=self.config.views, tta=() if rows_to else self._tta(tta),
@@ -68,7 +68,7 @@ class Classifier:
         return kept, self.predict_proba(feature_set.rows_for([r.path for r in kept])), feature_set.failures
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities per image; test-time views (``[n, k, D]``) are averaged after the softmax."""
+        """Class probabilities per image; test-time augmentations (``[n, k, D]``) are averaged after the softmax."""
         if features.ndim == 3:
             n, k, dim = features.shape
             return mean_over_views(predict_logits(self.head, features.reshape(n * k, dim)), n, self.temperature)

@@ -1,7 +1,7 @@
 """Ensembles: the per-image probabilities of several models (other backbones, other seeds) averaged with weights.
 
-An ensemble satisfies :class:`~graft.model.identification.Model` like a single run; per-call test-time views are
-passed down to its members, never written into them. Building and weighting one is :mod:`graft.training.ensemble`.
+An ensemble satisfies :class:`~graft.model.identification.Model` like a single run; per-call test-time augmentations are
+passed down to its members, never written into them. Building and weighting one is :mod:`graft.training.ensembling`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def combine(part: Manifest, answers: Sequence[tuple[Manifest, np.ndarray, dict]]
 class Ensemble:
     members: list[Classifier]
     weights: list[float]
-    config: GraftConfig  # prediction defaults of the ensemble (fusion, test-time views, reject threshold)
+    config: GraftConfig  # prediction defaults of the ensemble (fusion, test-time augmentations, reject threshold)
     engine = "torch"
 
     @property

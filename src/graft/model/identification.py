@@ -1,7 +1,7 @@
 """One observation -> one :class:`Identification`: the shape of an answer everywhere (Python, CLI ``--json``, HTTP).
 
 :class:`Model` is what ``evaluate``, ``identify`` and serving need of a model; a run (:class:`Classifier`), an
-:class:`Ensemble` and the ONNX engine all satisfy it. Per-call options (test-time views, fusion rule, top-k, reject
+:class:`Ensemble` and the ONNX engine all satisfy it. Per-call options (test-time augmentations, fusion rule, top-k, reject
 threshold) are arguments; ``None`` means the model's configured default. Nothing here writes into a config.
 """
 
@@ -27,7 +27,7 @@ PER_IMAGE_TOP = 3
 @runtime_checkable
 class Model(Protocol):
     labels: list[str]
-    config: GraftConfig  # read for defaults (fusion, top-k, test-time views, reject threshold), never written
+    config: GraftConfig  # read for defaults (fusion, top-k, test-time augmentations, reject threshold), never written
     engine: str  # "torch" or "onnx"
     taxonomy: Taxonomy  # genus, family... per label: answers rank genera and families too
 

@@ -3,7 +3,7 @@
 ``graft predict RUN`` spent most of its time importing torch and timm to rebuild the head and the backbone
 (7.8-12.5 s for one photo, against 1.2-1.3 s for the same run exported; README, Serving). The backbone has an ONNX
 graph already wherever its features were extracted under ONNX Runtime (:mod:`graft.features.engines`), and the head
-is a few matrix products, so the serving engine pairs the two (:mod:`graft.serving.engine`). This module mirrors
+is a few matrix products, so the serving engine pairs the two (:mod:`graft.serving.inference`). This module mirrors
 :func:`graft.model.head.build_head` layer by layer on the same ``head.safetensors``; ``tests/test_head.py`` holds
 every kind to the torch head's logits.
 """

@@ -64,8 +64,10 @@ def write_json(path: Path, value: Any) -> Path:
     return atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
-def write_config(files: RunFiles, config: GraftConfig) -> None:
-    atomic_write_text(files.config, config.to_yaml())
+def write_config(files: RunFiles, config: GraftConfig, given: GraftConfig | None = None) -> None:
+    """config.yaml: ``given`` (the settings as the user gave them) with what ``config`` decided under ``resolved``;
+    without ``given``, ``config`` as it is."""
+    atomic_write_text(files.config, (given.with_resolved(config) if given is not None else config).to_yaml())
 
 
 def write_state(path: Path, module: nn.Module) -> None:
@@ -76,9 +78,10 @@ def write_state(path: Path, module: nn.Module) -> None:
     atomic_write(path, lambda handle: handle.write(save(state)))
 
 
-def write_model(files: RunFiles, classifier: Classifier) -> None:
-    """Everything :func:`load_run` reads: config, labels, backbone description, head weights, temperature."""
-    write_config(files, classifier.config)
+def write_model(files: RunFiles, classifier: Classifier, given: GraftConfig | None = None) -> None:
+    """Everything :func:`load_run` reads: config (``given`` + what the run resolved), labels, backbone description,
+    head weights, temperature."""
+    write_config(files, classifier.config, given)
     write_json(files.labels, classifier.labels)
     write_json(files.calibration, {"temperature": classifier.temperature})
     write_json(files.backbone, classifier.backbone.describe())

@@ -76,7 +76,7 @@ class RunFiles:
     def serves_finetuned(self) -> bool:
         """Whether ``graft finetune`` kept its model: config.yaml then names the fine-tuned backbone's file."""
         return self.finetuned_backbone.is_file() and \
-            GraftConfig.from_yaml(self.config).backbone.weights == self.finetuned_backbone.name
+            GraftConfig.from_yaml(self.config).effective().backbone.weights == self.finetuned_backbone.name
 
 
 @contextmanager

@@ -105,10 +105,11 @@ def read_ensemble_spec(files: RunFiles) -> dict[str, Any]:
 
 
 def read_run_config(files: RunFiles) -> GraftConfig:
-    """The run's config.yaml, for using the run (predict, serve, evaluate, export): its ``features.cache_dir`` is
+    """The run's config.yaml as the run computed with it (its ``resolved`` choices applied), for using the run
+    (predict, serve, evaluate, export, finetune): its ``features.cache_dir`` is
     kept only where that directory already is a graft cache (:func:`~graft.store.is_cache_root`). A run directory
     may come from anyone, and its config must not choose where graft writes graphs, rows and thumbnails."""
-    config = GraftConfig.from_yaml(files.config)
+    config = GraftConfig.from_yaml(files.config).effective()  # the settings with the run's resolved choices
     if config.features.cache_dir and not is_cache_root(config.features.cache_dir):
         config = config.updated({"features": {"cache_dir": None}})
     return config

@@ -1,5 +1,6 @@
-"""Training: choosing and training the head on cached features (``fit.py``, ``crossfit.py``,
-``families.py``, ``head.py``), fine-tuning the whole network (``finetune.py``, ``finetune_module.py``), one-group
-augmentation, ensembles, and the training history. Both trainers share ``lightning.py``.
+"""Training heads on cached features: ``graft fit`` (``fit.py``), choosing the head out of fold (``crossfit.py``,
+``families.py``, ``fold_heads.py``, ``choice.py``), training one (``head_training.py``, ``streaming.py`` for features on
+disk), fitting ensembles' weights (``ensembling.py``) and the training history. Fine-tuning the whole network is
+:mod:`graft.finetuning`; both share the trainer factory in ``lightning.py``.
 
 (No re-exports here: ``graft.training.fit`` is the module; ``graft.fit`` is the function.)"""

@@ -38,7 +38,7 @@ from graft.rows import RowFile
 from graft.tables import head_selection_table
 from graft.training.choice import out_of_fold_scorer, robust_choice, scorable_rows
 from graft.training.families import Candidate, candidates, fit_head_of, out_of_fold, with_augmented
-from graft.training.head import training_precision
+from graft.training.head_training import training_precision
 from graft.training.streaming import Rows, discard
 
 REPEATS_AUTO = 3  # head.repeats: auto on few-shot data; see HeadConfig.repeats
@@ -117,7 +117,7 @@ def cross_fit(features: Rows, labels: np.ndarray, records: Sequence[ImageRecord]
               prior: Callable[[np.ndarray], np.ndarray] | None = None) -> Selection:
     """Score every candidate out of fold over :func:`repeats_for` repeats of the folds (grouped as
     :func:`group_by` says) and choose one by :func:`~graft.training.choice.robust_choice` on the rows its fold could
-    predict. ``extra``: cached augmented views ``[n, K, D]`` of the rows, trained on with them, never scored.
+    predict. ``extra``: cached augmented copies ``[n, K, D]`` of the rows, trained on with them, never scored.
     ``scratch``: where out-of-fold logits of features on disk go (row files; the chosen one's outlives the call).
     ``device``: where every candidate's heads train; ``prior``: the step every shipped head ends with (its genus
     prior, :func:`~graft.model.numpy_head.genus_prior`), applied before a candidate is scored."""
@@ -173,7 +173,7 @@ def group_by(config: HeadConfig, records: Sequence[ImageRecord]) -> str:
 def final_head(selection: Selection, features: Rows, labels: np.ndarray, num_classes: int, config: HeadConfig,
                weights: torch.Tensor | None, log_dir: Path, progress: bool = False,
                extra: np.ndarray | None = None, device: Device = CPU) -> tuple[nn.Module, HeadConfig, Path | None]:
-    """The chosen candidate trained on all of the training part (and its augmented views), the resolved head
+    """The chosen candidate trained on all of the training part (and its augmented copies), the resolved head
     settings that rebuild it, and (MLP) its epoch log. A chosen MLP with ``head.bag`` is instead its K fold heads
     as one :class:`HeadBag`: nothing is retrained, and the bag has no epoch log of its own."""
     resolved = selection.chosen.config(config).model_copy(  # whatever a reused config said

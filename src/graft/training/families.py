@@ -4,7 +4,7 @@
              torch's L-BFGS (:func:`graft.training.streaming.fit_linear`) straight into the head's Linear, so it is
              saved and served like every other head; its setting is C (inverse L2 strength)
   prototype  class means of the standardised, normalised features; its setting is the logit scale
-  mlp        the founding recipe's head trained by Lightning (:mod:`graft.training.head`); its setting is the epoch
+  mlp        the founding recipe's head trained by Lightning (:mod:`graft.training.head_training`); its setting is the epoch
              count: the K fold heads train side by side and are scored as training passes each count of the grid
              (:mod:`graft.training.fold_heads`)
 """
@@ -26,7 +26,7 @@ from graft.errors import ConfigError
 from graft.model.head import build_head
 from graft.rows import RowFile
 from graft.training.fold_heads import Score, train_fold_heads
-from graft.training.head import fit_head_epochs
+from graft.training.head_training import fit_head_epochs
 from graft.training.streaming import LogitSink, Rows, fit_linear, fit_prototypes, fit_standardize, take_rows
 
 ABSENT = -30.0  # logit of a class a fold's training part lacks: it can never be the answer there
@@ -86,7 +86,7 @@ def fit_head_of(kind: str, features: Rows, labels: np.ndarray, num_classes: int,
 
 def with_augmented(features: Rows, labels: np.ndarray, extra: np.ndarray | None,
                    rows: np.ndarray | slice = slice(None)) -> tuple[Rows, np.ndarray]:
-    """The training rows ``rows`` and, when there are cached augmented views (``extra``: ``[n, K, D]``), their K
+    """The training rows ``rows`` and, when there are cached augmented copies (``extra``: ``[n, K, D]``), their K
     augmented copies with the same labels."""
     index = np.arange(len(labels))[rows]
     x, y = take_rows(features, index), labels[index]
@@ -117,7 +117,7 @@ def out_of_fold(family: list[Candidate], features: Rows, labels: np.ndarray, fol
                 log_dir: Path, extra: np.ndarray | None = None, scratch: Path | None = None,
                 score: Score | None = None, leader: float = math.inf, device: Device = CPU) -> OutOfFold:
     """``[n, C]`` out-of-fold logits per candidate of one family: each row predicted by a head that never saw it
-    (nor any augmented view of it: ``extra`` rows train with their originals' fold), scored by ``score``. ``folds``
+    (nor any augmented copy of it: ``extra`` rows train with their originals' fold), scored by ``score``. ``folds``
     is each row's fold, ``[n]``, or one row of folds per repeat, ``[R, n]``. The MLP, which ships its R x K fold heads
     as a bag, is cross-fitted in every repeat and a row's logits are the log of its R heads' mean probability; the
     other families ship one head refit on everything, so the first repeat's fold heads predict it (R x the cost

@@ -39,9 +39,8 @@ from graft.evaluation.metrics import (
 from graft.features.augment import augmented_names
 from graft.features.backbones import create_backbone
 from graft.features.extract import FeatureSet, extract_features
-from graft.model.calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
+from graft.model.calibration import calibrate
 from graft.model.classifier import Classifier
-from graft.model.fusion import softmax
 from graft.model.head import predict_logits, with_genus_prior
 from graft.model.numpy_head import genus_matrix
 from graft.model.numpy_head import genus_prior as apply_genus_prior
@@ -50,7 +49,7 @@ from graft.rows import RowFile
 from graft.run import RunFiles, evaluation_part, write_data, write_model, write_out_of_fold, write_results, writing
 from graft.store import cache_root
 from graft.training.crossfit import cross_fit, final_head
-from graft.training.head import fit_head, resolve_class_weights
+from graft.training.head_training import fit_head, resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, write_rows
 from graft.training.streaming import Rows, blocks_of, map_rows
 
@@ -91,7 +90,7 @@ def labelled_features(part: Manifest, feature_set: FeatureSet, labels: list[str]
     """(features, label indices) of the images of ``part`` whose label the model knows (on disk if they are)."""
     index = {label: i for i, label in enumerate(labels)}
     known = [r for r in part if r.label in index]
-    return feature_set.rows_view([r.path for r in known]), np.array([index[r.label] for r in known], dtype=np.int64)
+    return feature_set.rows_subset([r.path for r in known]), np.array([index[r.label] for r in known], dtype=np.int64)
 
 
 def fit(
@@ -103,7 +102,7 @@ def fit(
         >>> result = fit("flowers/", "runs/flowers")
         >>> result.results["S"], result.results["top1"]
     """
-    config = config or GraftConfig()
+    config = (config or GraftConfig()).without_resolved()  # another run's config.yaml: its settings, not its choices
     device = resolve_device(config.device)  # before any work: a GPU asked for and absent is a one-line error
     files = RunFiles(out)
     manifest, warnings = prepare_manifest(data, config)
@@ -194,7 +193,7 @@ def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature
     }
     results["ms_per_observation"] = ms_per_observation(results)
     problems = manifest.problems + sorted(feature_set.failures.values())
-    write_model(files, classifier)
+    write_model(files, classifier, given=config)  # config.yaml: the settings as given + resolved choices
     write_data(files, manifest, problems)
     plot_curves([("head", trained.history, trained.best_epoch)], files.curves, f"{backbone.name} + {results['head']} head")
     note = "\n\n".join([f"Evaluated on the {results['evaluated_on']} split; observation fusion: {results['fusion']}.",
@@ -204,7 +203,7 @@ def _fit_on(files: RunFiles, manifest: Manifest, classifier: Classifier, feature
 
 
 def _augmented_views(classifier: Classifier, training: Manifest, config: GraftConfig, progress: bool) -> FeatureSet:
-    """``features.train_views`` augmented views of every training image (the one-group augmentation), cached like
+    """``features.train_views`` augmented copies of every training image (the one-group augmentation), cached like
     any feature: ``[n, 1 + K, D]`` with the original first."""
     names = augmented_names(config.finetune.augment, config.features.train_views)
     with progress_bar("Augmented views", progress) as report:
@@ -322,25 +321,3 @@ def _holdout(manifest: Manifest, feature_set: FeatureSet, labels: list[str], con
     history = merge_epoch_rows(head_fit.metrics_csv, files.history)
     config = _resolved_fusion(config, results["fusion_rules_on_val"])  # the only held-out part this path has
     return TrainedHead(head_fit.head, config, held_out, history, head_fit.best_epoch, results)
-
-
-def calibrate(classifier: Classifier, held_out: tuple[np.ndarray, np.ndarray], evaluation,
-              source: str | None = None) -> dict[str, float]:
-    """Fit the temperature on held-out logits (out-of-fold, or of a head that never saw the validation part; named by
-    ``source``); report ECE and NLL on the evaluation split before and after. Sets ``classifier.temperature``."""
-    logits, labels = held_out
-    classifier.temperature = fit_temperature(logits, labels) if len(labels) else 1.0
-    features, truth = evaluation
-    known = truth >= 0
-    evaluated = predict_logits(classifier.head, features[known])
-    before, after = softmax(evaluated), softmax(evaluated / classifier.temperature)
-    source = source or ("out-of-fold predictions" if classifier.config.head.selection == "crossfit" else
-                        "the validation split")
-    return {
-        "calibration": f"temperature scaling fitted on {source}",
-        "temperature": round(classifier.temperature, 4),
-        "ece_before": expected_calibration_error(before, truth[known]),
-        "ece_after": expected_calibration_error(after, truth[known]),
-        "nll_before": negative_log_likelihood(before, truth[known]),
-        "nll_after": negative_log_likelihood(after, truth[known]),
-    }

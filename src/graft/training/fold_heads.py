@@ -33,7 +33,7 @@ from torch import nn
 from graft.config import HeadConfig
 from graft.device import CPU, Device
 from graft.model.head import build_head
-from graft.training.head import HeadModule, fit_module, train_loader, training_precision
+from graft.training.head_training import HeadModule, fit_module, train_loader, training_precision
 from graft.training.lightning import quiet_lightning
 from graft.training.streaming import LogitSink, Rows, discard, fit_standardize, take_rows
 

@@ -15,12 +15,13 @@ from torch import nn
 
 from graft.data.manifest import Manifest
 from graft.evaluation.metrics import label_indices
+from graft.model.calibration import calibrate
 from graft.model.classifier import Classifier
 from graft.model.head import PriorHead, predict_logits, prior_of
 from graft.run import evaluation_part
 from graft.training.families import fit_head_of
-from graft.training.fit import calibrate, labelled_features
-from graft.training.head import resolve_class_weights
+from graft.training.fit import labelled_features
+from graft.training.head_training import resolve_class_weights
 
 
 def starting_head(classifier: Classifier, manifest: Manifest, results: dict[str, Any]) -> tuple[nn.Module, str]:

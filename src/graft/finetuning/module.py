@@ -1,11 +1,11 @@
 """Fine-tuning (the founding recipe's step 3): put the trained head on the backbone and train the whole network further.
 
 At a low learning rate, so the pretrained features are adjusted rather than overwritten: SGD with momentum for
-BatchNorm networks (the founding recipe's reason for not using Adam there), AdamW with layer-wise decay and warm-up for
-LayerNorm ones (:mod:`graft.training.optimizers`). Lightning runs the loop: ReduceLROnPlateau and EarlyStopping on validation
-loss, the best weights restored, a checkpoint every epoch for ``--resume``, one CSV row per epoch. Under DDP the
-validation predictions of all ranks are gathered and de-duplicated by image index before S and top-k are computed,
-so the padding a DistributedSampler adds is never counted twice.
+BatchNorm networks (the founding recipe's reason for not using Adam there), AdamW with layer-wise decay and warm-up
+for LayerNorm ones (:mod:`graft.finetuning.optimizers`). Lightning runs the loop: ReduceLROnPlateau and EarlyStopping
+on validation loss, the best weights restored, a checkpoint every epoch for ``--resume``, one CSV row per epoch.
+Under DDP the validation predictions of all ranks are gathered and de-duplicated by image index before S and top-k
+are computed, so the padding a DistributedSampler adds is never counted twice.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from graft.device import CPU, Device
 from graft.errors import ImageError
 from graft.evaluation.metrics import UNKNOWN, observation_scores
 from graft.features.preparation import Preparation
+from graft.finetuning.optimizers import make_optimizer, plan
 from graft.model.head import Standardize
-from graft.training.optimizers import make_optimizer, plan
 from graft.views.decisions import DecisionCache
 
 IGNORE = UNKNOWN  # label of an image that could not be decoded: contributes nothing

@@ -41,7 +41,7 @@ def _fusion_rule(value: str | None) -> str | None:
 
 FusionOpt = Annotated[str | None, typer.Option(help="Observation fusion: mean, max, geometric or borda (auto: the "
                                                     "run's choice).", callback=_fusion_rule)]
-TtaOpt = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average 5 test-time views per image.")]
+TtaOpt = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average 5 test-time augmentations per image.")]
 DeviceOpt = Annotated[str | None, typer.Option(
     help="auto (a CUDA GPU, then Apple MPS, else the CPU), cpu, cuda, cuda:N or mps; one that is absent is an error.")]
 

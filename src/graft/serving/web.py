@@ -52,7 +52,7 @@ def create_app(run_dir: str | Path, engine: str = "auto", limits: Limits = Limit
     (name -> run). ``keys``: API keys with daily quotas (None: open). ``cors_origins``: origins a browser app may call
     from ("*" for any). ``batch_window_ms``: micro-batching of concurrent requests (ONNX engine; 0 = off).
     ``device``: where the models compute; resolved here, so an absent GPU stops the server before it starts."""
-    from graft.serving.engine import load_engine
+    from graft.serving.inference import load_engine
 
     device = resolve_device(device)
     runs = {"all": Path(run_dir)} | {name: Path(path) for name, path in (projects or {}).items()}

@@ -2,7 +2,7 @@
 head in numpy, or the run itself (torch).
 
 :class:`OnnxModel` satisfies :class:`~graft.model.identification.Model` like a run or an ensemble does: it prepares
-images through the same path (per-view step, the weights' transform, test-time views) and never reads the feature
+images through the same path (per-view step, the weights' transform, test-time augmentations) and never reads the feature
 rows - uploads are not worth caching. With the original view alone and the weights' own centre crop it needs neither
 torch nor timm (:mod:`graft.features.eval_transform`): ``graft predict`` on an export, or on a run whose backbone
 graph is in the feature cache, does not wait for them.
@@ -10,6 +10,7 @@ graph is in the feature cache, does not wait for them.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from graft.data.manifest import Manifest
 from graft.data.taxonomy import Taxonomy
 from graft.device import CPU, Device, resolve_device
 from graft.errors import ImageError, RunError
-from graft.features.engines import engine_for, graph_file, graph_intact
+from graft.features.engines import engine_for, graph_file, graph_intact, inference_session
 from graft.features.eval_transform import centre_crop_transform
 from graft.features.preparation import Preparation, decode_side, decode_upload, view_names
 from graft.model.fusion import mean_over_views
@@ -136,8 +137,6 @@ def load_engine(run_dir: str | Path, engine: str = "auto", batch_window_ms: floa
 
 
 def _onnx_model(files: RunFiles, device: Device) -> OnnxModel:
-    import onnxruntime
-
     where = files.onnx_metadata
     metadata = checks.read_json(where, REEXPORT)
     if not isinstance(metadata, dict):
@@ -145,7 +144,7 @@ def _onnx_model(files: RunFiles, device: Device) -> OnnxModel:
     labels = checks.check_labels(metadata.get("labels"), where)
     data_config = checks.check_data_config(metadata.get("data_config"), where)
     temperature = checks.check_temperature(metadata, where)
-    session = _session(onnxruntime, files.onnx, device, REEXPORT)
+    session = _session(files.onnx, device, REEXPORT)
     return OnnxModel(labels, read_run_config(files), _tuples(data_config), session, temperature,
                      read_run_taxonomy(files), device=device)
 
@@ -153,10 +152,11 @@ def _onnx_model(files: RunFiles, device: Device) -> OnnxModel:
 REEXPORT = "run `graft export RUN` again"
 
 
-def _session(onnxruntime, path: Path, device: Device, fix: str):
-    """An InferenceSession, or one RunError for a graph onnxruntime cannot load (truncated, not ONNX)."""
+def _session(path: Path, device: Device, fix: str):
+    """An ONNX Runtime session (:func:`~graft.features.engines.inference_session`), or one RunError for a graph
+    onnxruntime cannot load (truncated, not ONNX)."""
     try:
-        return onnxruntime.InferenceSession(str(path), providers=device.onnx_providers())
+        return inference_session(path, device)
     except Exception as error:  # onnxruntime raises its own types (Fail, InvalidProtobuf, ...)
         raise checks.refuse(path, f"not a loadable ONNX graph ({checks.first_line(error)})", fix) from error
 
@@ -179,11 +179,9 @@ def _graph_model(files: RunFiles, device: Device) -> OnnxModel | None:
     head = _numpy_head(files, config, len(labels)) if graph_intact(graph) else None
     if head is None:
         return None
-    try:
-        import onnxruntime
-    except ImportError:
+    if importlib.util.find_spec("onnxruntime") is None:
         return None
-    session = GraphThenHead(_session(onnxruntime, graph, device, "run `graft cache verify --remove`"), head)
+    session = GraphThenHead(_session(graph, device, "run `graft cache verify --remove`"), head)
     return OnnxModel(labels, config, _tuples(described["data_config"]), session,
                      read_temperature(files), read_run_taxonomy(files), device=device)
 

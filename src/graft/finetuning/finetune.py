@@ -1,6 +1,6 @@
 """``graft finetune``: train the whole network of a run in place, compare with head-only on the evaluation split,
-keep the better. The Lightning module is :mod:`graft.training.finetune_module`; the head it starts from and the
-temperature it gets are :mod:`graft.training.finetune_heldout`'s. Files (:class:`~graft.run.RunFiles`):
+keep the better. The Lightning module is :mod:`graft.finetuning.module`; the head it starts from and the
+temperature it gets are :mod:`graft.finetuning.start`'s. Files (:class:`~graft.run.RunFiles`):
 a checkpoint every epoch and the best one (``--resume`` continues from the last), the merged epoch history, and -
 only when the fine-tuned model is kept - the fine-tuned backbone (the config then points at it) and a copy of the
 head-only weights.
@@ -35,6 +35,16 @@ from graft.features.augment import training_transform
 from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
 from graft.features.preparation import Preparation, decode_side
 from graft.files import atomic_write
+from graft.finetuning.module import (
+    IGNORE,
+    EpochLines,
+    FineTuneModule,
+    ImageDataset,
+    ValidationInfo,
+    default_workers,
+)
+from graft.finetuning.optimizers import WarmUp
+from graft.finetuning.start import calibrate_finetuned, starting_head
 from graft.model.classifier import Classifier
 from graft.model.head import members_of
 from graft.run import (
@@ -52,19 +62,9 @@ from graft.run import (
     write_state,
     writing,
 )
-from graft.training.finetune_heldout import calibrate_finetuned, starting_head
-from graft.training.finetune_module import (
-    IGNORE,
-    EpochLines,
-    FineTuneModule,
-    ImageDataset,
-    ValidationInfo,
-    default_workers,
-)
-from graft.training.head import resolve_class_weights
+from graft.training.head_training import resolve_class_weights
 from graft.training.history import merge_epoch_rows, plot_curves, read_rows
 from graft.training.lightning import make_trainer, quiet_lightning
-from graft.training.optimizers import WarmUp
 from graft.views.decisions import DecisionCache
 
 
@@ -302,6 +302,7 @@ def save_finetuned(files: RunFiles, tuned: Classifier, config: GraftConfig, into
     write_state(into.finetuned_backbone, tuned.backbone.model)
     write_state(into.head, tuned.head)
     write_json(into.calibration, {"temperature": tuned.temperature})  # its own (1.0 if it could not be fitted)
-    write_config(into, config.updated({"backbone.weights": files.finetuned_backbone.name}))
+    given = GraftConfig.from_yaml(files.config).without_resolved()  # the user's settings stay apart from outcomes
+    write_config(into, config.updated({"backbone.weights": files.finetuned_backbone.name}), given)
     described = tuned.backbone.describe() | {"identity": weights_identity(tuned.backbone.model)}  # what was saved
     write_json(into.backbone, described)

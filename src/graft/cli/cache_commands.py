@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import (
+from graft.cli.main import (
     BackboneOpt,
     CacheOpt,
     ConfigOpt,
