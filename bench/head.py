@@ -11,6 +11,7 @@ side by side. Target (issue 10): ratio <= 0.25.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from record import record
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as work:
         config = GraftConfig().updated({"features.cache_dir": str(Path(work) / "cache")})

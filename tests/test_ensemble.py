@@ -110,7 +110,7 @@ def test_fitted_weights_come_from_out_of_fold_predictions(two_runs, tiny_config,
 def test_a_fine_tuned_member_is_weighted_on_validation_images_not_on_head_only_out_of_fold_rows(
         folder_data, tiny_config, tmp_path, monkeypatch):
     from graft.evaluation.plots import reliability_plot
-    from graft.finetuning.finetune import save_finetuned
+    from graft.finetuning.keep import save_finetuned
     from graft.run import RunFiles, model_out_of_fold, read_manifest, read_out_of_fold
     from graft.training import ensembling as ensemble_module
 

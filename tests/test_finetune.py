@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 
 from conftest import COLOURS, fixture_seed, make_image
 from graft.errors import ConfigError
-from graft.finetuning.finetune import finetune, save_finetuned
+from graft.finetuning.finetune import finetune
+from graft.finetuning.keep import save_finetuned
 from graft.model.head import HeadBag, members_of
 from graft.run import RunFiles, load_run, read_manifest, read_results
 from graft.training.families import fit_head_of
@@ -312,7 +313,7 @@ def test_with_a_test_part_the_kept_model_is_chosen_on_validation_never_on_test(f
 
 def keep_the_fine_tuned_model(monkeypatch):
     """Whatever the validation split says: these tests are about what keeping it writes."""
-    from graft.finetuning import finetune as module
+    from graft.finetuning import keep as module
 
     choose = module._validation_choice
     monkeypatch.setattr(module, "_validation_choice", lambda *a: choose(*a) | {"head_only_val_S": -1.0})

@@ -432,3 +432,36 @@ def test_a_commit_killed_before_its_journal_leaves_the_run_as_it_was(run):
         raise KeyboardInterrupt
     assert files.head.read_bytes() == head and files.results.is_file()
     load_engine(run, "torch", device="cpu")  # still a complete, loadable run
+
+
+@pytest.mark.parametrize("damage", ["graph truncated", "metadata junk", "metadata NaN temperature", "labels missing"])
+def test_a_damaged_onnx_export_is_one_error_naming_it(run, damage):
+    from graft.serving.onnx import export_onnx
+
+    files = RunFiles(export_onnx(run).parent)
+    if damage == "graph truncated":
+        files.onnx.write_bytes(files.onnx.read_bytes()[:200])
+    elif damage == "metadata junk":
+        files.onnx_metadata.write_bytes(b"\x00{")
+    else:
+        metadata = json.loads(files.onnx_metadata.read_text())
+        if damage == "labels missing":
+            del metadata["labels"]
+        else:
+            metadata["temperature"] = float("nan")
+        files.onnx_metadata.write_text(json.dumps(metadata))
+    with pytest.raises(RunError, match=r"model\.onnx"):
+        load_engine(run, "onnx", device="cpu")
+
+
+def test_a_truncated_cached_graph_falls_back_to_torch_and_verify_names_it(run):
+    from graft.features.engines import export_backbone, graph_file
+    from graft.run import load_run, read_backbone_description, read_run_config
+
+    files = RunFiles(run)
+    cache = read_run_config(files).features.cache_dir
+    graph = graph_file(read_backbone_description(files), cache)
+    export_backbone(load_run(run, "cpu").backbone, graph)  # as the fit would have (sessions are shared per process)
+    graph.write_bytes(graph.read_bytes()[:100])
+    assert load_engine(run, "auto", device="cpu").engine == "torch"
+    assert any(str(graph) in line for line in verify(cache))

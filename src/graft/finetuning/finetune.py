@@ -1,6 +1,6 @@
-"""``graft finetune``: train the whole network of a run in place, compare with head-only on the evaluation split,
-keep the better. The Lightning module is :mod:`graft.finetuning.module`; the head it starts from and the
-temperature it gets are :mod:`graft.finetuning.start`'s. Files (:class:`~graft.run.RunFiles`):
+"""``graft finetune``: train the whole network of a run in place, then keep the better of it and the head-only model
+(:mod:`graft.finetuning.keep`). The Lightning module is :mod:`graft.finetuning.module`; the head it starts from and
+the temperature it gets are :mod:`graft.finetuning.start`'s. Files (:class:`~graft.run.RunFiles`):
 a checkpoint every epoch and the best one (``--resume`` continues from the last), the merged epoch history, and -
 only when the fine-tuned model is kept - the fine-tuned backbone (the config then points at it) and a copy of the
 head-only weights.
@@ -13,7 +13,6 @@ import pickle
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,10 @@ from graft.config import GraftConfig
 from graft.data.manifest import ImageRecord, Manifest
 from graft.device import Device, resolve_device
 from graft.errors import ConfigError, DataError, RunError, first_line
-from graft.evaluation.evaluate import score
-from graft.evaluation.metrics import score_logits
 from graft.features.augment import training_transform
-from graft.features.backbones import Backbone, ConcatBackbone, weights_identity
+from graft.features.backbones import ConcatBackbone
 from graft.features.preparation import Preparation, decode_side
-from graft.files import atomic_write
+from graft.finetuning.keep import FineTuneResult, TrainedModel, keep_better
 from graft.finetuning.module import (
     IGNORE,
     EpochLines,
@@ -44,39 +41,20 @@ from graft.finetuning.module import (
     default_workers,
 )
 from graft.finetuning.optimizers import WarmUp
-from graft.finetuning.start import calibrate_finetuned, starting_head
+from graft.finetuning.start import starting_head
 from graft.model.classifier import Classifier
-from graft.model.head import members_of
 from graft.run import (
     RunFiles,
-    evaluation_part,
     fine_tuning,
     load_run,
     read_manifest,
-    read_out_of_fold,
     read_results,
-    staged_commit,
-    write_config,
-    write_json,
-    write_results,
-    write_state,
     writing,
 )
 from graft.training.head_training import resolve_class_weights
-from graft.training.history import merge_epoch_rows, plot_curves, read_rows
+from graft.training.history import merge_epoch_rows
 from graft.training.lightning import make_trainer, quiet_lightning
 from graft.views.decisions import DecisionCache
-
-
-@dataclass
-class FineTuneResult:
-    run_dir: Path
-    kept: str  # "finetuned" or "head-only"
-    finetuned: dict[str, Any]
-    head_only: dict[str, Any]
-    epochs: int
-    seconds: float
-    interrupted: bool = False
 
 
 def finetune(
@@ -131,11 +109,11 @@ def finetune(
         return FineTuneResult(files.root, "head-only", {}, {}, trainer.current_epoch, time.perf_counter() - start, True)
     best = _best_checkpoint(files)
     module.load_state_dict(best["state_dict"])
-    trained = _TrainedModel(classifier, module, config, int(best["epoch"]), trainer.current_epoch, origin,
+    trained = TrainedModel(classifier, module, config, int(best["epoch"]), trainer.current_epoch, origin,
                             trainer.world_size)
     # rank 0 only: the run stays complete throughout, and becomes fully fine-tuned in one staged commit or stays as it was
     with writing(files, mark_incomplete=False):
-        return _keep_better(files, trained, manifest, history, previous, time.perf_counter() - start)
+        return keep_better(files, trained, manifest, history, previous, time.perf_counter() - start)
 
 
 def _best_checkpoint(files: RunFiles) -> dict[str, Any]:
@@ -201,108 +179,3 @@ def _trainer(files: RunFiles, config: GraftConfig, progress: bool | None, extra:
                         devices=settings.devices, num_nodes=settings.num_nodes,
                         strategy="ddp" if distributed else "auto", precision=device.precision(settings.precision),
                         max_time=budget)
-
-
-CALIBRATION_KEYS = frozenset({"temperature", "ece_before", "ece_after", "nll_before", "nll_after"})
-
-
-@dataclass
-class _TrainedModel:
-    """What training produced: the module with its best weights, and the epochs."""
-
-    start: Classifier
-    module: FineTuneModule
-    config: GraftConfig
-    best_epoch: int  # 0-based
-    epochs: int
-    start_head: str  # where the head fine-tuning started from came from (:func:`starting_head`)
-    processes: int = 1  # devices that trained it (DDP world size)
-
-    def classifier(self) -> Classifier:
-        """The fine-tuned model, its weights on the host (what is saved and identified), computing on the run's
-        device."""
-        model = self.module.backbone.cpu().to(memory_format=torch.contiguous_format).eval()
-        layout = self.start.backbone.channels_last
-        if layout:
-            model = model.to(memory_format=torch.channels_last)
-        original = self.start.backbone
-        tuned = Backbone(original.name, model, original.pooling, weights_identity(model), original.data_config, layout)
-        config = self.config.updated({"head.members": members_of(self.module.head)})  # a bag, or one start head
-        return Classifier(tuned, self.module.head.cpu().eval(), self.start.labels, config, taxonomy=self.start.taxonomy,
-                          device=self.start.device)
-
-
-def _keep_better(files: RunFiles, trained: _TrainedModel, manifest: Manifest, history: list[dict[str, str]],
-                 previous: dict[str, Any], seconds: float) -> FineTuneResult:
-    tuned = trained.classifier()
-    part = evaluation_part(manifest)
-    feature_set = tuned.manifest_features(part)
-    part = part.without(feature_set.failures)
-    plain = feature_set.rows_for([r.path for r in part])
-    calibration = calibrate_finetuned(tuned, manifest, part, plain)  # before scoring: the coverage table uses it
-    tuned_results = score(tuned, part.records, plain) | calibration
-    tuned_results |= {"evaluated_on": part.records[0].split, "images_per_second": tuned.measure_throughput(part),
-                      "n_epochs": trained.epochs, "best_epoch": trained.best_epoch + 1, "seconds": round(seconds, 1),
-                      "start_head": trained.start_head, "optimizer": asdict(trained.module.plan),
-                      **tuned.device.describe(trained.processes)}
-    head_only = previous.get("head_only", previous)
-    choice = _validation_choice(files, manifest, trained, history, head_only, tuned_results)
-    tuned_results |= choice
-    kept = "finetuned" if choice["finetuned_val_S"] > choice["head_only_val_S"] else "head-only"
-    chosen = tuned_results if kept == "finetuned" else head_only
-    stale = CALIBRATION_KEYS - set(chosen)  # the head-only model's temperature and ECE say nothing of the other one
-    results = {**{k: v for k, v in head_only.items() if k not in stale},
-               **{k: chosen[k] for k in chosen if k in head_only}, "model": kept,
-               "head_only": head_only, "finetuned": tuned_results}
-    name = trained.start.backbone.name
-    rows = [("head-only", head_only), (f"fine-tuned ({trained.epochs} ep.)", tuned_results)]
-    note = (f"Backbone {name}. Kept: **{kept}** (higher S on the {choice['choice_basis']}: head-only "
-            f"{choice['head_only_val_S']:.4f}, fine-tuned {choice['finetuned_val_S']:.4f}; ties keep head-only). "
-            f"The {tuned_results['evaluated_on']} rows below report; they chose nothing.")
-    with staged_commit(files) as stage:
-        if kept == "finetuned":
-            save_finetuned(files, tuned, tuned.config, into=stage)
-        write_results(stage, results, rows, note, title=files.root.name)
-        plot_curves([("head", read_rows(files.history), head_only.get("head_best_epoch", 1) - 1),
-                     ("fine-tune", history, trained.best_epoch)], stage.curves, f"{name}: head, then fine-tuning")
-    return FineTuneResult(files.root, kept, tuned_results, head_only, trained.epochs, seconds)
-
-
-def _validation_choice(files: RunFiles, manifest: Manifest, trained: _TrainedModel, history: list[dict[str, str]],
-                       head_only: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
-    """S of both models on the validation split, which decides which is kept - never the test part the run reports.
-    The fine-tuned model's is its best epoch's (it never trained on validation images); head-only's comes from its
-    out-of-fold predictions (the cross-fitted head trained on validation images too, so its own are not held out)."""
-    if tuned["evaluated_on"] != "test":  # no test part: the run is evaluated on the validation split itself
-        return {"choice_basis": "validation split", "head_only_val_S": head_only["S"], "finetuned_val_S": tuned["S"]}
-    tuned_s = float(next(row["val_S"] for row in history if int(row["epoch"]) == trained.best_epoch))
-    val = manifest.where("val")
-    start = trained.start
-    saved = read_out_of_fold(files.root)
-    row = {path: i for i, path in enumerate(saved[0])} if saved is not None else {}
-    records = [r for r in val if r.path in row and r.label in start.labels]
-    if records:
-        head_s = score_logits(saved[1][[row[r.path] for r in records]], records, start.labels,
-                              start.config.predict.fusion)["S"]
-        basis = "validation split (head-only: its out-of-fold predictions)"
-    else:  # a holdout run's head may have been refit on the validation split: this favours head-only
-        feature_set = start.manifest_features(val)
-        kept = val.without(feature_set.failures)
-        head_s = score(start, kept.records, feature_set.rows_for([r.path for r in kept]))["S"]
-        basis = "validation split (head-only: the head itself, which may have seen it)"
-    return {"choice_basis": basis, "head_only_val_S": head_s, "finetuned_val_S": tuned_s}
-
-
-def save_finetuned(files: RunFiles, tuned: Classifier, config: GraftConfig, into: RunFiles | None = None) -> None:
-    """Write the fine-tuned backbone and head for the run ``files`` (into ``into``, a staged commit's files, when
-    given); config.yaml then points at the backbone file."""
-    into = into or files
-    if not files.head_only.exists():
-        atomic_write(into.head_only, lambda handle: handle.write(files.head.read_bytes()))
-    write_state(into.finetuned_backbone, tuned.backbone.model)
-    write_state(into.head, tuned.head)
-    write_json(into.calibration, {"temperature": tuned.temperature})  # its own (1.0 if it could not be fitted)
-    given = GraftConfig.from_yaml(files.config).without_resolved()  # the user's settings stay apart from outcomes
-    write_config(into, config.updated({"backbone.weights": files.finetuned_backbone.name}), given)
-    described = tuned.backbone.describe() | {"identity": weights_identity(tuned.backbone.model)}  # what was saved
-    write_json(into.backbone, described)
