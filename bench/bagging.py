@@ -22,6 +22,7 @@ from graft.evaluation.metrics import score_logits
 from graft.model.head import predict_logits
 from graft.training.crossfit import cross_fit, final_head, fold_of
 from graft.training.fit import labelled_features
+from record import record
 
 
 def training_features(data: Path, config: GraftConfig):
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
     print("| dataset | head | bag of fold heads S | one head refit S |\n|---|---|---|---|")
+    rows = []
     for dataset in args.datasets:
         base = GraftConfig().updated({"features.cache_dir": args.cache_dir})
         x, y, records, labels = training_features(DATA[dataset], base)
@@ -63,6 +65,9 @@ def main() -> None:
                     for seed in range(args.seeds)]
             cells = [f"{np.mean([r[k] for r in runs]):.3f} ± {np.std([r[k] for r in runs]):.3f}" for k in ("bag", "refit")]
             print(f"| {dataset} | {kind} | {' | '.join(cells)} |", flush=True)
+            rows += [{"dataset": dataset, "head": kind, "seed": seed, "bag_S": r["bag"], "refit_S": r["refit"]}
+                     for seed, r in enumerate(runs)]
+    print(f"rows appended to {record('bagging', rows)}")
 
 
 if __name__ == "__main__":

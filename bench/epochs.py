@@ -28,6 +28,7 @@ from graft.evaluation.metrics import score_logits
 from graft.training.crossfit import cross_fit, fold_of, repeat_seed, repeats_for
 from graft.training.families import Candidate, out_of_fold
 from graft.training.fit import labelled_features
+from record import record
 
 
 def replay(grid: list[int], curve: dict[int, float], min_gain: float, leader: float) -> tuple[int, int]:
@@ -69,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     grids = {name: [int(e) for e in name.split(",")] for name in args.grids}
     min_gain = HeadConfig().grid_min_gain
+    rows = []
     for dataset in args.datasets:
         runs = []
         for seed in range(args.seeds):
@@ -78,6 +80,10 @@ def main() -> None:
             curve, others = runs[-1]
             print(f"{dataset} seed {seed}: linear {others['linear']:.4f}, prototype {others['prototype']:.4f}, mlp "
                   + " ".join(f"{e}:{s:.4f}" for e, s in curve.items()), flush=True)
+            rows += [{"dataset": dataset, "image_size": args.image_size or "own", "seed": seed, "head": family,
+                      "epochs": "", "out_of_fold_S": value} for family, value in others.items()]
+            rows += [{"dataset": dataset, "image_size": args.image_size or "own", "seed": seed, "head": "mlp",
+                      "epochs": epochs, "out_of_fold_S": value} for epochs, value in curve.items()]
         print(f"\n{dataset}, mean ± std over {args.seeds} seeds: linear {np.mean([o['linear'] for _, o in runs]):.4f}, "
               f"prototype {np.mean([o['prototype'] for _, o in runs]):.4f}\n\n| MLP epochs | out-of-fold S |\n|---|---|")
         for epochs in range(1, args.epochs + 1):
@@ -91,6 +97,7 @@ def main() -> None:
             print(f"| {name} | {', '.join(str(kept) for kept, _ in replays)} | "
                   f"{', '.join(str(trained) for _, trained in replays)} | {', '.join(chosen)} |")
         print(flush=True)
+    print(f"rows appended to {record('epochs', rows)}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 from pathlib import Path
 
@@ -24,11 +25,15 @@ from torch.utils.data import DataLoader
 
 from graft.config import FineTuneConfig, HeadConfig, ViewsConfig
 from graft.data.manifest import load_manifest
+from graft.device import resolve_device
 from graft.features.augment import training_transform
 from graft.features.backbones import create_backbone
 from graft.features.preparation import Preparation
 from graft.finetuning.module import FineTuneModule, ImageDataset, ValidationInfo
 from graft.model.head import build_head
+
+sys.path.insert(0, str(Path(__file__).parent))
+from record import record
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "leafsnap-dev"
 
@@ -120,7 +125,8 @@ def main() -> None:
         results[(precision, channels_last, compiled)] = raw(model, batches, labels, precision, channels_last, compiled)
     module = StepOnly(copy.deepcopy(backbone.model), copy.deepcopy(head), config, info)  # graft's defaults
     pipe = pipeline(module, records, label_index, preparation, config)
-    same = results[(config.precision, config.channels_last, False)]
+    precision_used = resolve_device("cpu").precision(config.precision)  # what `auto` means on this CPU
+    same = results[(precision_used, config.channels_last, False)]
     base = results[("32-true", False, False)]
     print(f"tf_efficientnet_lite0 at {size[-1]} px, {len(records)} images, batch {args.batch_size}, "
           f"torch threads {torch.get_num_threads()}")
@@ -128,9 +134,16 @@ def main() -> None:
         layout = ("channels_last" if channels_last else "contiguous") + (" compiled" if compiled else "")
         print(f"raw fwd+bwd+SGD  {precision:10s} {layout:22s} {speed:7.2f} img/s   x{speed / base:.2f} vs fp32")
     layout = "channels_last" if config.channels_last else "contiguous"
-    print(f"graft fine-tune step (defaults: {config.precision}, {layout}; decode + augmentation + Lightning) "
+    print(f"graft fine-tune step (defaults: {precision_used}, {layout}; decode + augmentation + Lightning) "
           f"{pipe:7.2f} img/s")
     print(f"ratio pipeline/raw, same precision and layout = {pipe / same:.3f}  (target >= 0.85)")
+    rows = [{"step": "raw fwd+bwd+SGD", "precision": precision,
+             "layout": ("channels_last" if channels_last else "contiguous") + (" compiled" if compiled else ""),
+             "img_per_s": round(speed, 2), "vs_fp32": round(speed / base, 3)}
+            for (precision, channels_last, compiled), speed in results.items()]
+    rows.append({"step": "graft fine-tune step", "precision": precision_used, "layout": layout,
+                 "img_per_s": round(pipe, 2), "vs_fp32": round(pipe / base, 3)})
+    print(f"rows appended to {record('finetune', rows)}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from graft.model.fusion import softmax
 from graft.model.head import predict_logits
 from graft.run import RunFiles, evaluation_part, load_model, read_out_of_fold, read_run_taxonomy
 from graft.training.fit import fit
+from record import record
 
 
 def genus_matrix(labels: list[str], genus_of: dict[str, str]) -> np.ndarray:
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="*", default=[0, 0.5, 1, 2, 4, 16])
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
+    rows = []
     for dataset in args.datasets:
         scores = {part: {w: [] for w in args.weights} for part in ("out of fold", "evaluation")}
         for seed in range(args.seeds):
@@ -88,6 +90,8 @@ def main() -> None:
                 for weight in args.weights:
                     probabilities = reranked(logits, mean_of_genus, weight)
                     scores[part][weight].append(score_probabilities(probabilities, records, labels, "mean")["S"])
+                    rows.append({"dataset": dataset, "image_size": args.image_size or "own", "seed": seed,
+                                 "part": part, "genus_weight": weight, "S": scores[part][weight][-1]})
             print(f"{dataset} seed {seed}: " + "; ".join(
                 f"{part} " + " ".join(f"{w:g}:{s[-1]:.4f}" for w, s in by_weight.items())
                 for part, by_weight in scores.items()), flush=True)
@@ -97,6 +101,7 @@ def main() -> None:
             print(f"| {weight:g} | " + " | ".join(f"{np.mean(scores[part][weight]):.4f} ± "
                                                   f"{np.std(scores[part][weight]):.4f}" for part in scores) + " |")
         print(flush=True)
+    print(f"rows appended to {record('genus', rows)}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from graft.config import GraftConfig
 from graft.evaluation.metrics import score_probabilities
 from graft.training.fit import labelled_features
+from record import record
 
 MODES = ("one standardisation", "per-view centring", "per-view standardisation", "view one-hot")
 
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--fold-seeds", type=int, default=3)
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
+    rows = []
     for dataset in args.datasets:
         config = GraftConfig().updated({"features.cache_dir": args.cache_dir, "backbone.image_size": args.image_size})
         features, training, evaluated, labels = cached_parts(DATA[dataset], config)
@@ -84,6 +86,10 @@ def main() -> None:
                                              evaluated.records, labels, "mean")
                 print(f"| {mode} | {c:g} | {np.mean(oof):.3f} ± {np.std(oof):.3f} | {scores['S']:.3f} | "
                       f"{scores['top1']:.3f} |", flush=True)
+                rows += [{"dataset": dataset, "image_size": args.image_size, "features": mode, "C": c,
+                          "fold_seed": seed, "out_of_fold_S": value, "evaluation_S": scores["S"],
+                          "evaluation_top1": scores["top1"]} for seed, value in enumerate(oof)]
+    print(f"rows appended to {record('organs', rows)}")
 
 
 if __name__ == "__main__":

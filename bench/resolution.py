@@ -27,6 +27,7 @@ from accuracy import DATA
 
 from graft.config import GraftConfig
 from graft.training.fit import fit
+from record import record  # bench/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--framings", nargs="*", default=["own"], help="MODE[:CROP_PCT] per row, own = the weights'")
     args = parser.parse_args()
     repeats = args.repeats if args.repeats == "auto" else int(args.repeats)
+    rows = []
     for dataset in args.datasets:
         print(f"\n{dataset}, {args.backbone}, head.repeats {repeats}, seeds {args.first_seed}-"
               f"{args.first_seed + args.seeds - 1} (mean ± std)\n")
@@ -64,7 +66,12 @@ def main() -> None:
             speed = np.mean([r["images_per_second"] for r in runs])
             chosen = ", ".join(sorted({r["head"].split(" ")[0] for r in runs}))
             print(f"| {size} | {framing} | {' | '.join(cells)} | {speed:.1f} | {chosen} |", flush=True)
+            rows += [{"dataset": dataset, "backbone": args.backbone, "image_size": size, "framing": framing,
+                      "seed": seed, "out_of_fold_S": r["out_of_fold"]["S"], "S": r["S"], "top1": r["top1"],
+                      "top5": r["top5"], "images_per_second": r["images_per_second"], "head": r["head"]}
+                     for seed, r in zip(range(args.first_seed, args.first_seed + args.seeds), runs, strict=True)]
         print(f"\nbest out-of-fold S: {best[1]} px, framing {best[2]} ({best[0]:.3f})")
+    print(f"rows appended to {record('resolution', rows)}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import record  # bench/ is on sys.path when run as a script
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "leafsnap-dev"
 DIM, CLASSES = 1280, 100
 
@@ -67,6 +69,10 @@ def head_rows(sizes: list[int]) -> None:
                   f"{found['seconds']:6.1f} s, chose {found['chosen']}")
         low, high = results[(streamed, sizes[0])]["rss_mb"], results[(streamed, sizes[-1])]["rss_mb"]
         print(f"  -> {sizes[-1] // sizes[0]}x the rows: peak RSS x{high / low:.2f}")
+    rows = [{"features": "streamed" if streamed else "in memory", "rows": n, "peak_rss_mb": round(found["rss_mb"]),
+             "rss_before_head_mb": round(found["rss_before_mb"]), "seconds": round(found["seconds"], 1),
+             "chosen": found["chosen"]} for (streamed, n), found in results.items()]
+    print(f"rows appended to {record('scale_head', rows)}")
 
 
 def ray_rows(data: Path, images: int) -> None:
@@ -98,6 +104,9 @@ def ray_rows(data: Path, images: int) -> None:
     print(f"{len(paths)} images from {data.name}, Lite0; Ray times include its start-up and actor creation")
     for name, rate in rates.items():
         print(f"  {name:55s} {rate:7.1f} img/s   x{rate / base:.2f}")
+    rows = [{"extractor": name, "images": len(paths), "img_per_s": round(rate, 1), "vs_in_process": round(rate / base, 3)}
+            for name, rate in rates.items()]
+    print(f"rows appended to {record('scale_ray', rows)}")
 
 
 def main() -> None:

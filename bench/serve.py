@@ -30,6 +30,8 @@ from graft.serving.onnx import export_onnx
 sys.path.insert(0, str(Path(__file__).parent))
 from extract import phone_photo  # the same 12 MP photos as the extraction bench
 
+from record import record
+
 
 def serve(run: Path, engine: str, window_ms: float = 0.0) -> tuple[subprocess.Popen, str]:
     """``graft serve`` in its own process, as users run it (a server thread here would share the client's GIL)."""
@@ -109,6 +111,10 @@ def main() -> None:
           f"p50 latency of a lone request x{batched[0] / alone[0]:.2f}")
     if args.phone:
         print(f"onnx, reduced / full decoding: p50 latency x{results['onnx'][0] / results['onnx, full decode'][0]:.2f}")
+    rows = [{"variant": name, "photos": "12 MP" if args.phone else "the run's", "p50_ms": round(p50, 1),
+             "p95_ms": round(p95, 1), "clients": CLIENTS, "requests_per_s": round(rate, 2)}
+            for name, (p50, p95, rate) in results.items()]
+    print(f"rows appended to {record('serve', rows)}")
 
 
 def with_full_decoding(run: Path, copy: Path) -> Path:

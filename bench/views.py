@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ from graft.training.fit import fit
 from graft.views.preprocess import apply, decide
 from graft.views.sheet import sample_per_view
 
+sys.path.insert(0, str(Path(__file__).parent))
+from record import record
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
@@ -28,6 +32,7 @@ def cost(data: Path, per_view: int, default_view: str | None) -> None:
     manifest = load_manifest(data).with_default_view(default_view)
     config = ViewsConfig(enabled=True)
     print(f"{data.name}: ms/image, decode alone vs the view's preprocessing (decide + apply), {per_view} per view")
+    rows = []
     for view, records in sample_per_view(manifest, per_view).items():
         images, decode = [], time.perf_counter()
         images = [load_rgb(r.path) for r in records]
@@ -40,6 +45,9 @@ def cost(data: Path, per_view: int, default_view: str | None) -> None:
         fallbacks = sum(bool(decision.fallback) for decision in decisions)
         print(f"  {view:10s} decode {decode:6.1f} ms   preprocessing {per_image:6.1f} ms   "
               f"fallbacks {fallbacks}/{len(images)}")
+        rows.append({"dataset": data.name, "view": view, "images": len(images), "decode_ms": round(decode, 1),
+                     "preprocessing_ms": round(per_image, 1), "fallbacks": fallbacks})
+    print(f"rows appended to {record('views_cost', rows)}")
 
 
 def ablation(data: Path, seeds: int, default_view: str | None) -> None:
@@ -58,6 +66,7 @@ def ablation(data: Path, seeds: int, default_view: str | None) -> None:
             if enabled:
                 print(f"fallbacks (uncropped): {runs[0]['view_fallbacks']}; extraction {runs[0]['extraction_seconds']} s")
     print(results_table(rows))
+    print(f"rows appended to {record('views_ablation', [{'model': name, **values} for name, values in rows])}")
 
 
 def main() -> None:

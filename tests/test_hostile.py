@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi import Request
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
@@ -465,3 +466,39 @@ def test_a_truncated_cached_graph_falls_back_to_torch_and_verify_names_it(run):
     graph.write_bytes(graph.read_bytes()[:100])
     assert load_engine(run, "auto", device="cpu").engine == "torch"
     assert any(str(graph) in line for line in verify(cache))
+
+
+def test_once_the_body_is_in_the_gate_no_longer_times_the_connection():
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    app = FastAPI()
+
+    @app.post("/identify")
+    async def slow(request: Request):  # Request imported at module level: FastAPI resolves annotations there
+        body = await request.body()
+
+        async def parts():  # a slow answer: the server listens for a disconnect through receive() meanwhile
+            await asyncio.sleep(0.5)
+            yield f"{len(body)} bytes".encode()
+
+        return StreamingResponse(parts())
+
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(3600)  # the client waits for its answer: no more messages
+
+    sent: list = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/identify", "raw_path": b"/identify", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")], "root_path": "", "scheme": "http",
+             "server": ("test", 80), "client": ("test", 1), "http_version": "1.1", "app": app}
+    gate = Gate(app, GateRules(None, 1000, idle_seconds=0.1, total_seconds=0.2))
+    asyncio.run(asyncio.wait_for(gate(scope, receive, send), 5))
+    assert sent[0]["status"] == 200 and b"2 bytes" in b"".join(m.get("body", b"") for m in sent[1:])

@@ -75,20 +75,29 @@ def read_chunk_keys(keys_file: Path) -> tuple[list[str], str | None]:
 def chunk_problem(keys_file: Path, check_digest: bool = True) -> str:
     """Why a chunk cannot be trusted ('' when it can): unreadable keys, a broken or truncated row file, a row count
     that differs from the key count, and (``check_digest``) bytes that no longer match the recorded digest."""
-    array_file = keys_file.with_suffix(".npy")
     try:
         keys, digest = read_chunk_keys(keys_file)
-        rows = RowFile(array_file)
-        size = array_file.stat().st_size
+        checked_rows(keys_file.with_suffix(".npy"), keys)
     except (OSError, ValueError, EOFError) as error:  # EOFError: a zero-length .npy
-        return f"unreadable ({error})"
-    if rows.rows_in_file != len(keys):
-        return f"{rows.rows_in_file} rows for {len(keys)} keys"
-    if size != rows.offset + rows.rows_in_file * rows.dim * 4:
-        return f"{size} bytes where its header announces {rows.offset + rows.rows_in_file * rows.dim * 4}"
-    if check_digest and digest is not None and chunk_digest(array_file.read_bytes(), keys) != digest:
+        return f"unreadable ({error})" if not isinstance(error, DamagedChunk) else str(error)
+    if check_digest and digest is not None and chunk_digest(keys_file.with_suffix(".npy").read_bytes(), keys) != digest:
         return "its bytes do not match its recorded SHA-256 (flipped bytes, changed rows or keys)"
     return ""
+
+
+class DamagedChunk(ValueError):
+    """A chunk whose row file does not hold one row per key (truncated, or rows and keys from different writes)."""
+
+
+def checked_rows(array_file: Path, keys: Sequence[str]) -> RowFile:
+    """The chunk's rows, once its row file holds exactly one float32 row per key and nothing more or less."""
+    rows = RowFile(array_file)
+    if rows.rows_in_file != len(keys):
+        raise DamagedChunk(f"{rows.rows_in_file} rows for {len(keys)} keys")
+    expected = rows.offset + rows.rows_in_file * rows.dim * 4
+    if array_file.stat().st_size != expected:
+        raise DamagedChunk(f"{array_file.stat().st_size} bytes where its header announces {expected}")
+    return rows
 
 
 class ChunkStore:
@@ -110,11 +119,12 @@ class ChunkStore:
             array_file = keys_file.with_suffix(".npy")
             if array_file in self._arrays or array_file in self.damaged:
                 continue
-            if chunk_problem(keys_file, check_digest=False):
+            try:  # the shape now, the digest when first read (reading every byte here would slow every start)
+                keys, digest = read_chunk_keys(keys_file)
+                self._arrays[array_file] = checked_rows(array_file, keys)
+            except (OSError, ValueError, EOFError):  # EOFError: a zero-length .npy
                 self.damaged.add(array_file)
                 continue
-            keys, digest = read_chunk_keys(keys_file)
-            self._arrays[array_file] = RowFile(array_file)
             if digest is not None:
                 self._unchecked[array_file] = (digest, keys)
             for row, key in enumerate(keys):

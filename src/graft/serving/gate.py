@@ -68,12 +68,15 @@ class Gate:
                 raise _Refused(413, _too_large(int(declared), limit))
         except _Refused as refused:
             return await self._answer(path, refused, scope, receive, send)
-        started, received = time.monotonic(), 0
+        started, received, complete = time.monotonic(), 0, False
 
         async def guarded():
-            """The route's receive: HTTPException is what FastAPI lets through from body parsing (its handler
-            answers in the caller's shape); anything else there would become a 400."""
-            nonlocal received
+            """The route's receive while the body comes in (afterwards, e.g. listening for a disconnect during a
+            slow answer, it is the server's own): HTTPException is what FastAPI lets through from body parsing
+            (its handler answers in the caller's shape); anything else there would become a 400."""
+            nonlocal received, complete
+            if complete:
+                return await receive()
             left = self.rules.total_seconds - (time.monotonic() - started)
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, min(self.rules.idle_seconds, left)))
@@ -83,6 +86,7 @@ class Gate:
             received += len(message.get("body", b""))
             if received > limit:
                 raise HTTPException(413, _too_large(received, limit), {"Connection": "close"})
+            complete = message.get("type") != "http.request" or not message.get("more_body", False)
             return message
 
         return await self.app(scope, guarded, send)
