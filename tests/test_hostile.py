@@ -502,3 +502,12 @@ def test_once_the_body_is_in_the_gate_no_longer_times_the_connection():
     gate = Gate(app, GateRules(None, 1000, idle_seconds=0.1, total_seconds=0.2))
     asyncio.run(asyncio.wait_for(gate(scope, receive, send), 5))
     assert sent[0]["status"] == 200 and b"2 bytes" in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04junk", b"\x93NUMPY junk"])
+def test_a_damaged_out_of_fold_file_is_one_error_naming_it(run, damage):
+    from graft.run import read_out_of_fold
+
+    RunFiles(run).out_of_fold.write_bytes(damage)
+    with pytest.raises(RunError, match=r"out-of-fold\.npz"):
+        read_out_of_fold(run)

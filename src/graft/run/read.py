@@ -4,6 +4,7 @@ code that uses it (predict, serve, export, evaluate, a fine-tuning's start)."""
 from __future__ import annotations
 
 import contextlib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,16 @@ def read_out_of_fold(run: str | Path) -> tuple[list[Path], np.ndarray] | None:
     """(image paths, their out-of-fold logits), or None for a run fitted without cross-fitting. They are the
     cross-fitted head's: after fine-tuning, :func:`model_out_of_fold` says whether they still describe the model."""
     path = RunFiles(run).out_of_fold
-    if not path.is_file():
+    if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as saved:
-        return [Path(p) for p in saved["paths"]], saved["logits"]
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            paths, logits = [Path(p) for p in saved["paths"]], saved["logits"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise checks.refuse(path, f"not the out-of-fold logits graft wrote ({checks.first_line(error)})") from error
+    if logits.ndim != 2 or len(logits) != len(paths) or not np.isfinite(logits).all():
+        raise checks.refuse(path, f"{len(paths)} paths for logits of shape {logits.shape}, or non-finite logits")
+    return paths, logits
 
 
 def check_complete(files: RunFiles) -> RunFiles:
