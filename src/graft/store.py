@@ -72,16 +72,21 @@ def read_chunk_keys(keys_file: Path) -> tuple[list[str], str | None]:
     return keys, digest
 
 
-def chunk_problem(keys_file: Path, check_digest: bool = True) -> str:
-    """Why a chunk cannot be trusted ('' when it can): unreadable keys, a broken or truncated row file, a row count
-    that differs from the key count, and (``check_digest``) bytes that no longer match the recorded digest."""
+def chunk_problem(keys_file: Path) -> str:
+    """Why a chunk cannot be trusted ('' when it can), its row file read once: unreadable keys, a broken or truncated
+    row file, a row count that differs from the key count, bytes that no longer match the recorded digest, or NaN or
+    infinite rows."""
+    array_file = keys_file.with_suffix(".npy")
     try:
         keys, digest = read_chunk_keys(keys_file)
-        checked_rows(keys_file.with_suffix(".npy"), keys)
+        checked_rows(array_file, keys)
+        data = array_file.read_bytes()
     except (OSError, ValueError, EOFError) as error:  # EOFError: a zero-length .npy
-        return f"unreadable ({error})" if not isinstance(error, DamagedChunk) else str(error)
-    if check_digest and digest is not None and chunk_digest(keys_file.with_suffix(".npy").read_bytes(), keys) != digest:
+        return str(error) if isinstance(error, DamagedChunk) else f"unreadable ({error})"
+    if digest is not None and chunk_digest(data, keys) != digest:
         return "its bytes do not match its recorded SHA-256 (flipped bytes, changed rows or keys)"
+    if not np.isfinite(np.load(io.BytesIO(data), allow_pickle=False)).all():
+        return "holds NaN or infinite values"
     return ""
 
 
@@ -114,7 +119,7 @@ class ChunkStore:
 
     def refresh(self) -> None:
         """Index every complete chunk (those with a .keys file), including chunks other processes wrote; a chunk
-        whose shape is wrong is left out (:func:`chunk_problem`), its digest is checked when first read."""
+        whose shape is wrong is left out (:func:`checked_rows`), its digest is checked when first read."""
         for keys_file in sorted(self.directory.glob("*.keys")):
             array_file = keys_file.with_suffix(".npy")
             if array_file in self._arrays or array_file in self.damaged:

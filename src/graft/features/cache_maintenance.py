@@ -13,8 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from graft.errors import DataError
 from graft.features.engines import graph_digest_file, graph_intact
 from graft.store import cache_root, chunk_problem, read_chunk_keys
@@ -97,7 +95,7 @@ def verify(cache_dir: str | Path | None = None, remove: bool = False) -> list[st
         raise DataError(f"{root}: no such cache directory; give the --cache-dir your runs used")
     problems = []
     for keys in sorted(root.rglob("*.keys")):
-        why = chunk_problem(keys) or _non_finite(keys.with_suffix(".npy"))
+        why = chunk_problem(keys)
         if why:
             problems.append(f"{keys.with_suffix('.npy')}: {why}" + ("; removed" if remove else ""))
             if remove:
@@ -110,11 +108,6 @@ def verify(cache_dir: str | Path | None = None, remove: bool = False) -> list[st
                 graph.unlink()
                 graph_digest_file(graph).unlink(missing_ok=True)
     return problems
-
-
-def _non_finite(array_file: Path) -> str:
-    rows = np.load(array_file, allow_pickle=False)
-    return "" if np.isfinite(rows).all() else "holds NaN or infinite values"
 
 
 def _store_name(directory: Path) -> str:

@@ -33,9 +33,14 @@ def load_numpy_head(path: Path, config: HeadConfig) -> Forward | None:
     for an activation without a numpy form here."""
     from safetensors.numpy import load_file
 
+    return numpy_head(load_file(path), config)
+
+
+def numpy_head(tensors: dict[str, np.ndarray], config: HeadConfig) -> Forward | None:
+    """:func:`load_numpy_head` on a saved head's tensors already in memory."""
     if config.kind in ("mlp", "auto") and config.activation not in ACTIVATIONS:
         return None
-    state = {name: array.astype(np.float32) for name, array in load_file(path).items()}
+    state = {name: array.astype(np.float32) for name, array in tensors.items()}
     if PRIOR_KEY in state:  # a PriorHead: the head's own tensors under "head.", then the genus prior
         base = _base_head({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}, config)
         matrix, weight = state[PRIOR_KEY], float(state["prior.weight"])

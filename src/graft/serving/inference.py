@@ -32,7 +32,7 @@ from graft.features.eval_transform import centre_crop_transform
 from graft.features.preparation import Preparation, decode_side, decode_upload, view_names
 from graft.model.fusion import mean_over_views
 from graft.model.identification import Model
-from graft.model.numpy_head import load_numpy_head
+from graft.model.numpy_head import numpy_head
 from graft.run import (
     RunFiles,
     check_complete,
@@ -196,7 +196,7 @@ def _numpy_head(files: RunFiles, config: GraftConfig, n_labels: int):
         raise checks.refuse(files.head, f"not a readable safetensors file ({checks.first_line(error)})") from error
     checks.check_head_state(state, files.head)
     try:
-        head = load_numpy_head(files.head, config.head)
+        head = numpy_head(state, config.head)  # the tensors just checked: the file is read once
         width = next(array.shape[-1] for name, array in state.items() if name.endswith("mean"))
         outputs = None if head is None else head(np.zeros((1, width), np.float32)).shape[-1]
     except (KeyError, ValueError, StopIteration) as error:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlencode
@@ -34,6 +34,7 @@ VIEW_ORGANS = {"leaf": "leaf", "leafscan": "leaf", "flower": "flower", "fruit": 
 class RelatedImages:
     manifest: Manifest
     cache_dir: str | None = None
+    _servable: dict[int, Path | None] = field(default_factory=dict, repr=False)
 
     @cached_property
     def by_label(self) -> dict[str, list[int]]:
@@ -45,14 +46,18 @@ class RelatedImages:
         return rows
 
     def servable(self, row: int) -> Path | None:
-        """Row ``row``'s file when it may be served: a regular file that is an image by its header."""
-        path = self.manifest.records[row].path
-        try:
-            resolved = path.resolve(strict=True)
-            with open_regular(resolved) as handle, Image.open(handle) as image:
-                return resolved if image.format in SERVED_FORMATS else None
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return None
+        """Row ``row``'s file when it may be served: a regular file that is an image by its header (decided once per
+        row: every identification with related images would otherwise re-open its species' photos)."""
+        if row not in self._servable:
+            path = self.manifest.records[row].path
+            try:
+                resolved = path.resolve(strict=True)
+                with open_regular(resolved) as handle, Image.open(handle) as image:
+                    self._servable[row] = resolved if image.format in SERVED_FORMATS else None
+            except (OSError, ValueError, Image.DecompressionBombError):
+                self._servable[row] = None
+        found = self._servable[row]
+        return found if found is not None and found.is_file() else None  # a photo deleted since: not served
 
     def entries(self, project: str, label: str, n: int, base_url: str, api_key: str | None = None) -> list[dict]:
         """Pl@ntNet's ``images`` entries for up to ``n`` servable training photos of ``label``; their URLs carry
