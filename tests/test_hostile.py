@@ -295,21 +295,26 @@ def test_a_rejected_identification_costs_no_quota(run, tmp_path):
     assert answer.json()["remainingIdentificationRequests"] == 4
 
 
-def test_a_stalled_body_is_answered_408_not_held_open():
-    async def reads_its_body(scope, receive, send):
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def stalls():
-        await asyncio.sleep(3600)
-
+def through_gate(app, receive, rules: GateRules) -> list[dict]:
+    """The ASGI messages ``app`` sends behind the gate for a JSON ``POST /identify`` whose body comes from
+    ``receive``."""
     sent: list = []
 
     async def send(message):
         sent.append(message)
 
+    scope = {"type": "http", "method": "POST", "path": "/identify", "raw_path": b"/identify", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")], "root_path": "", "scheme": "http",
+             "server": ("test", 80), "client": ("test", 1), "http_version": "1.1", "app": app}
+    asyncio.run(asyncio.wait_for(Gate(app, rules)(scope, receive, send), 5))
+    return sent
+
+
+def test_a_stalled_body_is_answered_408_not_held_open():
     from fastapi import FastAPI
+
+    async def stalls():
+        await asyncio.sleep(3600)
 
     app = FastAPI()
 
@@ -317,11 +322,7 @@ def test_a_stalled_body_is_answered_408_not_held_open():
     async def identify(request_body: dict) -> dict:  # FastAPI reads the body through the gate's receive
         return request_body
 
-    scope = {"type": "http", "method": "POST", "path": "/identify", "raw_path": b"/identify", "query_string": b"",
-             "headers": [(b"content-type", b"application/json")], "root_path": "", "scheme": "http",
-             "server": ("test", 80), "client": ("test", 1), "http_version": "1.1", "app": app}
-    gate = Gate(app, GateRules(None, 1000, idle_seconds=0.2, total_seconds=1))
-    asyncio.run(asyncio.wait_for(gate(scope, stalls, send), 5))
+    sent = through_gate(app, stalls, GateRules(None, 1000, idle_seconds=0.2, total_seconds=1))
     assert sent[0]["status"] == 408
 
 
@@ -491,16 +492,7 @@ def test_once_the_body_is_in_the_gate_no_longer_times_the_connection():
             return messages.pop()
         await asyncio.sleep(3600)  # the client waits for its answer: no more messages
 
-    sent: list = []
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": "/identify", "raw_path": b"/identify", "query_string": b"",
-             "headers": [(b"content-type", b"application/json")], "root_path": "", "scheme": "http",
-             "server": ("test", 80), "client": ("test", 1), "http_version": "1.1", "app": app}
-    gate = Gate(app, GateRules(None, 1000, idle_seconds=0.1, total_seconds=0.2))
-    asyncio.run(asyncio.wait_for(gate(scope, receive, send), 5))
+    sent = through_gate(app, receive, GateRules(None, 1000, idle_seconds=0.1, total_seconds=0.2))
     assert sent[0]["status"] == 200 and b"2 bytes" in b"".join(m.get("body", b"") for m in sent[1:])
 
 

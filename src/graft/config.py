@@ -382,14 +382,9 @@ class GraftConfig(_Section):
                 continue
             if dotted not in known:
                 raise ConfigError(f"unknown setting {dotted!r}; known: {sorted(settings)}")
-            *sections, key = dotted.split(".")
-            node = values
-            for section in sections:
-                node = node[section]
             if isinstance(value, dict) and dotted not in settings:
-                node[key] = {**node[key], **value}  # a section: the mapping's settings, the others kept
-            else:
-                node[key] = value
+                value = {**_get(values, dotted), **value}  # a section: the mapping's settings, the others kept
+            _set(values, dotted, value)
         return GraftConfig.from_dict(values, source="overrides")
 
     def dotted_keys(self, sections: bool = False) -> list[str]:
@@ -421,17 +416,12 @@ class GraftConfig(_Section):
         """The settings a run computed with: the given ones with its ``resolved`` choices applied."""
         if not self.resolved:
             return self
+        unknown = sorted(set(self.resolved) - set(self.dotted_keys()))
+        if unknown:
+            raise ConfigError(f"resolved names unknown settings {unknown}")
         values = self.without_resolved().model_dump()
-        for dotted, value in self.resolved.items():
-            *sections, key = dotted.split(".")
-            node = values
-            for section in sections:
-                node = node.get(section) if isinstance(node, dict) else None
-                if not isinstance(node, dict):
-                    raise ConfigError(f"resolved names an unknown setting {dotted!r}")
-            if key not in node:
-                raise ConfigError(f"resolved names an unknown setting {dotted!r}")
-            node[key] = value
+        for dotted, value in self.resolved.items():  # None too: a run may have resolved a setting to None
+            _set(values, dotted, value)
         return GraftConfig.from_dict(values, source="a run's resolved choices")
 
     def reference(self) -> list[tuple[str, Any, str]]:
@@ -450,6 +440,20 @@ class GraftConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _get(values: dict[str, Any], dotted: str) -> Any:
+    for section in dotted.split("."):
+        values = values[section]
+    return values
+
+
+def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
+    *sections, key = dotted.split(".")
+    node = values
+    for section in sections:
+        node = node[section]
+    node[key] = value
 
 
 def _flat(values: dict[str, Any], prefix: str = ""):
